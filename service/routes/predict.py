@@ -1,0 +1,197 @@
+"""POST /predict: digits for images sent as JSON arrays, image files or raw tensors."""
+
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.datastructures import UploadFile
+
+from service import preprocessing
+from service.dependencies import BatcherDep, ModelDep, SettingsDep
+from service.errors import InputError
+from service.schemas import ErrorResponse, PredictJSONRequest, PredictResponse
+from service.settings import Settings
+
+router = APIRouter(tags=["predict"])
+
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
+# A bar three pixels wide: the model reads it as a 1.
+_ONE = [[1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(28)] for r in range(28)]
+
+_OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "One of: a JSON body (`image` or `images`); image files (PNG, JPEG, GIF, BMP, "
+            "WebP) as multipart/form-data, field `file`, repeated for several; one image file "
+            "as the raw body with its `image/*` type; a raw tensor as application/octet-stream "
+            "with the `dtype` and `shape` query parameters; or a `.npy` file as "
+            "application/x-npy. Image files are made MNIST-like first: transparency on white, "
+            "grey, dark-on-light inverted, cropped, longest side scaled to 20 px, centred by "
+            "mass in 28x28."
+        ),
+        "content": {
+            "application/json": {
+                "schema": PredictJSONRequest.model_json_schema(),
+                "examples": {
+                    "one image, floats in [0, 1]": {"value": {"image": _ONE}},
+                    "a batch, 0-255 integers, flat": {
+                        "value": {"images": [[0] * 784, [255] * 784]}
+                    },
+                },
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in _IMAGE_TYPES},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Little-endian tensor bytes, described by `dtype` and `shape`.",
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        400: "Malformed body: invalid JSON, truncated image file, broken multipart.",
+        413: "Body, image dimensions or number of images over the limits.",
+        415: "Content type or image format not accepted.",
+        422: "Well-formed but wrong: shapes, value ranges, NaN, blank image.",
+        503: "Queue full: retry after the Retry-After seconds.",
+    }.items()
+}
+
+
+@router.post(
+    "/predict",
+    summary="Predict the digit in each image",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_OPENAPI_BODY,
+)
+async def predict(
+    request: Request,
+    model: ModelDep,
+    batcher: BatcherDep,
+    settings: SettingsDep,
+    dtype: str | None = Query(
+        None, description="application/octet-stream only: `uint8` (0-255) or `float32` ([0, 1])."
+    ),
+    shape: str | None = Query(
+        None, description="application/octet-stream only: e.g. `256,28,28` or `256,784`."
+    ),
+) -> Response:
+    images = await _read_images(request, settings, dtype, shape)
+    probabilities = await batcher.predict(images)
+    return Response(_predictions_json(probabilities, model.model_id), media_type="application/json")
+
+
+async def _read_images(
+    request: Request, settings: Settings, dtype: str | None, shape: str | None
+) -> np.ndarray:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = settings.max_images_per_request
+    if content_type == "application/json":
+        return _images_from_json_body(await request.body(), limit)
+    if content_type == "multipart/form-data":
+        return await _images_from_form(request, settings)
+    if content_type.startswith("image/"):
+        body = await request.body()
+        image = preprocessing.image_from_bytes(body, max_pixels=settings.max_image_pixels)
+        return image[np.newaxis, :, :, np.newaxis]
+    if content_type == "application/octet-stream":
+        if dtype is None or shape is None:
+            raise InputError(
+                "a raw tensor body needs the query parameters dtype (uint8 or float32) and "
+                "shape, e.g. /predict?dtype=uint8&shape=256,28,28",
+                status=400,
+            )
+        return preprocessing.images_from_tensor(
+            await request.body(), dtype, _parse_shape(shape), max_images=limit
+        )
+    if content_type == "application/x-npy":
+        return preprocessing.images_from_npy(await request.body(), max_images=limit)
+    raise InputError(
+        f"unsupported content type {content_type or '(none)'!r}: send application/json, "
+        "multipart/form-data with field 'file', an image/* body, application/octet-stream "
+        "with dtype and shape, or application/x-npy",
+        status=415,
+    )
+
+
+def _images_from_json_body(body: bytes, max_images: int) -> np.ndarray:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(
+            f"the body is not valid JSON ({exc}); NaN and Infinity are not JSON", 400
+        ) from None
+    if isinstance(document, dict) and document.keys() == {"image"}:
+        return preprocessing.image_from_json(document["image"])[np.newaxis, :, :, np.newaxis]
+    if isinstance(document, dict) and document.keys() == {"images"}:
+        return preprocessing.images_from_json(document["images"], max_images=max_images)
+    got = f"keys {sorted(document)}" if isinstance(document, dict) else type(document).__name__
+    raise InputError(
+        'send a JSON object with exactly one key: "image" (one 28x28 image) or "images" '
+        f"(a list of them); got {got}"
+    )
+
+
+async def _images_from_form(request: Request, settings: Settings) -> np.ndarray:
+    limit = settings.max_images_per_request
+    # One file over the limit is enough to tell; the parser refuses more before reading them.
+    async with request.form(max_files=limit + 1, max_part_size=settings.max_body_bytes) as form:
+        files = form.getlist("file")
+        if not files:
+            raise InputError(
+                "multipart body has no field 'file': send each image as a file part named 'file'"
+            )
+        if len(files) > limit:
+            raise InputError(
+                f"more than {limit} files in one request (MNIST_MAX_IMAGES_PER_REQUEST): "
+                "split them over several requests",
+                status=413,
+            )
+        images = []
+        for index, part in enumerate(files):
+            if not isinstance(part, UploadFile):
+                raise InputError(f"field 'file' #{index + 1} is text, not a file upload")
+            data = await part.read()
+            try:
+                images.append(
+                    preprocessing.image_from_bytes(data, max_pixels=settings.max_image_pixels)
+                )
+            except InputError as exc:
+                name = part.filename or f"#{index + 1}"
+                raise InputError(f"file {name}: {exc.message}", exc.status) from exc
+    return np.stack(images)[:, :, :, np.newaxis]
+
+
+def _parse_shape(shape: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in shape.split(","))
+    except ValueError:
+        raise InputError(
+            f"shape {shape!r} is not a comma-separated list of integers, e.g. 256,28,28", 400
+        ) from None
+
+
+def _predictions_json(probabilities: np.ndarray, model_id: str) -> bytes:
+    digits = probabilities.argmax(axis=1).tolist()
+    predictions = [
+        {"digit": d, "confidence": float(row[d]), "probabilities": row}
+        for d, row in zip(digits, probabilities, strict=True)
+    ]
+    return orjson.dumps(
+        {"predictions": predictions, "model": model_id}, option=orjson.OPT_SERIALIZE_NUMPY
+    )

@@ -1,0 +1,61 @@
+"""Every knob of the service, read from the environment (prefix ``MNIST_``) or a ``.env`` file."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MNIST_", env_file=".env", extra="ignore")
+
+    model_path: Path = Field(Path("models/mnist.onnx"), description="The ONNX file to serve.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU. "
+        "cuda: CUDA or refuse to start. cpu: CPU only.",
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads inside one operator; 0: CPUs available / workers."
+    )
+    inter_op_threads: int = Field(1, ge=1, description="onnxruntime threads across operators.")
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_images_per_request: int = Field(1024, ge=1, description="Most images in one request.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=784, description="Largest decoded image (width x height): bomb guard."
+    )
+
+    batch_max_size: int = Field(
+        256, ge=1, description="Most images in one onnxruntime call; 1 turns batching off."
+    )
+    batch_max_delay_ms: float = Field(
+        1.0, ge=0, description="How long a batch waits for more requests once it has one."
+    )
+    batch_queue_images: int = Field(
+        8192, ge=1, description="Images waiting for inference before new requests get 503."
+    )
+
+    def onnx_intra_op_threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, available_cpus() // self.workers)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity, narrowed by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, int(quota) // int(period)))
