@@ -1,4 +1,8 @@
-"""What routes get injected: the objects the lifespan put on ``app.state``."""
+"""What routes get injected: the objects the lifespan put on ``app.state``.
+
+The getters are ``async`` because FastAPI runs plain ``def`` dependencies in its thread pool,
+a thread hop per request for what is an attribute read.
+"""
 
 from typing import Annotated
 
@@ -10,22 +14,22 @@ from service.model_session import ModelSession
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_model(request: Request) -> ModelSession:
+async def get_model(request: Request) -> ModelSession:
     model: ModelSession = request.app.state.model
     return model
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     batcher: Batcher = request.app.state.batcher
     return batcher
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -27,7 +27,9 @@ class BodyLimitMiddleware:
         )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _send_error(send, too_big)
+                # Open Inference Protocol clients read "error"; ours read "detail".
+                key = "error" if scope["path"].startswith("/v2/") else "detail"
+                await _send_error(send, too_big, key)
                 return
         received = 0
 
@@ -43,8 +45,8 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_error(send: Send, error: InputError) -> None:
-    body = orjson.dumps({"detail": error.message})
+async def _send_error(send: Send, error: InputError, key: str) -> None:
+    body = orjson.dumps({key: error.message})
     await send(
         {
             "type": "http.response.start",

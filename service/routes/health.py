@@ -10,7 +10,7 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live", response_model=HealthResponse, summary="The process is up")
-def live() -> HealthResponse:
+async def live() -> HealthResponse:
     return HealthResponse(status="live")
 
 
@@ -20,7 +20,7 @@ def live() -> HealthResponse:
     summary="The model is loaded and warmed up, and inference is running",
     responses={503: {"model": HealthResponse}},
 )
-def ready(batcher: BatcherDep) -> HealthResponse | JSONResponse:
+async def ready(batcher: BatcherDep) -> HealthResponse | JSONResponse:
     # The lifespan loads and warms the model before the server accepts connections, so
     # only a stopped batcher (shutdown) makes this fail.
     if not batcher.running:

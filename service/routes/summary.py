@@ -18,7 +18,7 @@ router = APIRouter(tags=["model"])
     response_model=SummaryResponse,
     responses={200: {"content": {"text/plain": {"example": "Layer (type) ..."}}}},
 )
-def summary(
+async def summary(
     model: ModelDep,
     format: Annotated[
         Literal["json", "text"] | None, Query(description="text: a table like model.summary().")
