@@ -1,0 +1,427 @@
+"""The Open Inference Protocol (KServe v2) codec for the digit model: bytes in, bytes out.
+
+The v2 model is the ONNX model itself: input ``image`` [-1, 28, 28, 1] and output
+``probabilities`` [-1, 10]. The input may come as FP32 (the model's own type, values in
+[0, 1]) or as UINT8 grey levels 0-255, which are scaled by 1/255 as /predict does.
+
+Tensors travel as JSON ``data`` (row-major, flat or nested) or, with the binary tensor
+data extension, as little-endian bytes after the JSON header, whose length the
+``Inference-Header-Content-Length`` header gives. Outputs go back as binary data when
+the request asks for it: ``binary_data`` on an output, else ``binary_data_output`` on
+the request.
+
+The model has one version, "1": the protocol's versions are names a client may put in a
+URL, and the model card's id (a training run) is reported in the model config instead.
+"""
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from service.errors import InputError
+from service.model_session import CLASSES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from service.protocol_schemas import (
+    ConfigParameter,
+    ConfigTensor,
+    DynamicBatching,
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ModelConfigResponse,
+    ModelMetadataResponse,
+    Parameters,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+)
+
+MODEL_NAME = "mnist"
+MODEL_VERSION = "1"
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Protocol datatype -> little-endian numpy dtype, for the input datatypes accepted.
+INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+OUTPUT_DATATYPE = "FP32"
+_PIXELS = math.prod(IMAGE_SHAPE)
+_UNSUPPORTED_PARAMETERS = {
+    "shared_memory_region": "the shared memory extensions are not supported: send the tensor "
+    "in the request body",
+    "classification": "the classification extension is not supported: ask for the "
+    "probabilities and take their argmax",
+}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """What the model needs from an infer request: the images and how to answer."""
+
+    id: str | None
+    images: np.ndarray  # float32 (N, 28, 28, 1) in [0, 1]
+    outputs: tuple[RequestedOutput, ...]
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    body: bytes
+    # The JSON header's length when binary tensors follow it; None for a JSON-only body.
+    header_length: int | None
+
+    @property
+    def media_type(self) -> str:
+        return "application/json" if self.header_length is None else "application/octet-stream"
+
+
+def model_metadata() -> ModelMetadataResponse:
+    return ModelMetadataResponse(
+        name=MODEL_NAME,
+        versions=[MODEL_VERSION],
+        platform=PLATFORM,
+        inputs=[MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *IMAGE_SHAPE])],
+        outputs=[MetadataTensor(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, CLASSES])],
+    )
+
+
+def model_config(
+    model_id: str, max_images_per_request: int, batch_max_delay_ms: float
+) -> ModelConfigResponse:
+    """Triton's model config: with max_batch_size > 0, dims leave out the batch dimension."""
+    return ModelConfigResponse(
+        name=MODEL_NAME,
+        platform=PLATFORM,
+        backend=BACKEND,
+        # A request may carry this many images: the batcher runs larger ones on their own.
+        max_batch_size=max_images_per_request,
+        input=[ConfigTensor(name=INPUT_NAME, data_type="TYPE_FP32", dims=list(IMAGE_SHAPE))],
+        output=[ConfigTensor(name=OUTPUT_NAME, data_type="TYPE_FP32", dims=[CLASSES])],
+        dynamic_batching=DynamicBatching(
+            max_queue_delay_microseconds=round(batch_max_delay_ms * 1000)
+        ),
+        parameters={"model_id": ConfigParameter(string_value=model_id)},
+    )
+
+
+def check_model(name: str, version: str | None) -> None:
+    """404 unless the URL names the served model (and, when given, its version)."""
+    if name != MODEL_NAME:
+        raise InputError(f"unknown model {name!r}: this server serves {MODEL_NAME!r}", 404)
+    if version not in (None, "", MODEL_VERSION):
+        raise InputError(
+            f"model {MODEL_NAME!r} has no version {version!r}: its versions are "
+            f"[{MODEL_VERSION!r}], or leave the version out of the URL",
+            404,
+        )
+
+
+def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    """Undo a gzip or deflate Content-Encoding (tritonclient can compress requests)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InputError(
+            f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none", 415
+        )
+    # gzip has its own header; HTTP's "deflate" is the zlib format.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        # Bounded: a small compressed body must not inflate past the body limit.
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise InputError(f"the body is not valid {encoding} data ({exc})", 400) from None
+    if len(inflated) > max_bytes:
+        raise InputError(
+            f"the decompressed body is over the {max_bytes:,}-byte limit "
+            "(MNIST_MAX_BODY_BYTES): send fewer images per request",
+            413,
+        )
+    if not inflater.eof:
+        raise InputError(f"the body is truncated {encoding} data", 400)
+    return inflated
+
+
+def decode_request(body: bytes, header_length: str | None, max_images: int) -> DecodedRequest:
+    """An infer request body (JSON, maybe followed by binary tensors) -> the model's input."""
+    header, binary = _split_body(body, header_length)
+    request = _parse_header(header)
+    image, consumed = _decode_inputs(request.inputs, binary, max_images)
+    if consumed != len(binary):
+        raise InputError(
+            f"{len(binary) - consumed} bytes of binary data follow the JSON header but no "
+            "input claims them: give each binary input its binary_data_size",
+            400,
+        )
+    return DecodedRequest(request.id, image, _requested_outputs(request))
+
+
+def encode_response(probabilities: np.ndarray, request: DecodedRequest) -> EncodedResponse:
+    outputs: list[ResponseOutput] = []
+    blobs: list[bytes] = []
+    # Only one output exists, so every requested output is the probabilities tensor.
+    tensor = np.ascontiguousarray(probabilities, dtype="<f4")
+    for requested in request.outputs:
+        output = ResponseOutput(name=requested.name, shape=list(tensor.shape), datatype="FP32")
+        if requested.binary:
+            blobs.append(tensor.tobytes())
+            output.parameters = {"binary_data_size": tensor.nbytes}
+        else:
+            output.data = tensor.reshape(-1)
+        outputs.append(output)
+    response = InferenceResponse(
+        model_name=MODEL_NAME, model_version=MODEL_VERSION, id=request.id, outputs=outputs
+    )
+    header = orjson.dumps(response.model_dump(exclude_none=True), option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return EncodedResponse(header, None)
+    return EncodedResponse(b"".join([header, *blobs]), len(header))
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    value = header_length.strip()
+    # isascii: str.isdigit also takes digits such as '²' that int() refuses.
+    if not (value.isascii() and value.isdigit()):
+        raise InputError(
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes, got {header_length!r}",
+            400,
+        )
+    length = int(value)
+    if length > len(body):
+        raise InputError(
+            f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes: "
+            "it must give the length of the JSON part at the start of the body",
+            400,
+        )
+    view = memoryview(body)
+    return body[:length], view[length:]
+
+
+def _parse_header(header: bytes) -> InferenceRequest:
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(
+            f"the inference request is not valid JSON ({exc}); with binary tensors, set "
+            f"{HEADER_LENGTH} to the JSON part's length",
+            400,
+        ) from None
+    if not isinstance(document, dict):
+        raise InputError(
+            f"the inference request must be a JSON object, got {type(document).__name__}", 400
+        )
+    try:
+        return InferenceRequest.model_validate(document)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        ]
+        raise InputError(f"invalid inference request: {'; '.join(problems)}", 400) from None
+
+
+def _decode_inputs(
+    inputs: list[RequestInput], binary: memoryview, max_images: int
+) -> tuple[np.ndarray, int]:
+    names = [tensor.name for tensor in inputs]
+    if names != [INPUT_NAME]:
+        raise InputError(
+            f"model {MODEL_NAME!r} takes exactly one input, {INPUT_NAME!r} "
+            f"([-1, {', '.join(map(str, IMAGE_SHAPE))}], FP32 or UINT8); got inputs {names}",
+            400,
+        )
+    [tensor] = inputs
+    dtype = _input_dtype(tensor)
+    count = _image_count(tensor, max_images)
+    parameters = _checked_parameters(tensor.parameters, f"input {tensor.name!r}")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        values = _values_from_json(tensor, dtype, count * _PIXELS)
+        consumed = 0
+    else:
+        values = _values_from_binary(tensor, size, binary, dtype, count * _PIXELS)
+        consumed = int(size)
+    return _to_model_input(values, dtype, count, tensor.name), consumed
+
+
+def _input_dtype(tensor: RequestInput) -> np.dtype[Any]:
+    dtype = INPUT_DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InputError(
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}: send FP32 (values in "
+            "[0, 1]) or UINT8 (grey levels 0-255)",
+            400,
+        )
+    return dtype
+
+
+def _image_count(tensor: RequestInput, max_images: int) -> int:
+    expected = f"[N, {', '.join(map(str, IMAGE_SHAPE))}]"
+    if len(tensor.shape) != 1 + len(IMAGE_SHAPE) or tuple(tensor.shape[1:]) != IMAGE_SHAPE:
+        raise InputError(
+            f"input {tensor.name!r} has shape {tensor.shape}; it must be {expected}, "
+            "N images of 28x28 pixels and one channel",
+            400,
+        )
+    count = tensor.shape[0]
+    if count < 1:
+        raise InputError(
+            f"input {tensor.name!r} has shape {tensor.shape}: send at least 1 image", 400
+        )
+    if count > max_images:
+        raise InputError(
+            f"input {tensor.name!r} holds {count} images, over the {max_images} a request "
+            "may carry (MNIST_MAX_IMAGES_PER_REQUEST): split it over several requests",
+            413,
+        )
+    return count
+
+
+def _checked_parameters(parameters: Parameters | None, what: str) -> Parameters:
+    parameters = parameters or {}
+    for key, why in _UNSUPPORTED_PARAMETERS.items():
+        if key in parameters:
+            raise InputError(f"{what} has parameter {key!r}: {why}", 400)
+    return parameters
+
+
+def _values_from_json(tensor: RequestInput, dtype: np.dtype[Any], expected: int) -> np.ndarray:
+    if tensor.data is None:
+        raise InputError(
+            f"input {tensor.name!r} has neither data nor parameters.binary_data_size: send "
+            "its values as JSON data or as binary data after the JSON header",
+            400,
+        )
+    if not isinstance(tensor.data, list):
+        raise InputError(
+            f"input {tensor.name!r}: data must be a JSON array of numbers (row-major, flat or "
+            f"nested), got {type(tensor.data).__name__}",
+            400,
+        )
+    try:
+        # No dtype yet: numpy then shows strings, booleans and mixed nests for what they are.
+        values = np.asarray(tensor.data)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(
+            f"input {tensor.name!r}: data is ragged, nested lists of unequal lengths: send "
+            "it flat or nested to the input's shape",
+            400,
+        ) from None
+    integers = values.dtype.kind in "iu"
+    if not (integers or (values.dtype.kind == "f" and dtype.kind == "f")):
+        wanted = "integers 0-255" if dtype.kind == "u" else "numbers in [0, 1]"
+        raise InputError(
+            f"input {tensor.name!r} ({tensor.datatype}): data must hold only {wanted}, "
+            f"got values of type {values.dtype}",
+            400,
+        )
+    if values.size != expected:
+        raise InputError(
+            f"input {tensor.name!r}: data has {values.size} values but shape {tensor.shape} "
+            f"needs {expected}",
+            400,
+        )
+    if integers and values.size and (values.min() < 0 or values.max() > 255):
+        raise InputError(
+            f"input {tensor.name!r} ({tensor.datatype}): values must be in 0-255 "
+            f"(UINT8 grey levels) or [0, 1] (FP32), got {values.min()} to {values.max()}",
+            400,
+        )
+    return values.astype(dtype, copy=False)
+
+
+def _values_from_binary(
+    tensor: RequestInput,
+    size: bool | int | float | str,
+    binary: memoryview,
+    dtype: np.dtype[Any],
+    expected: int,
+) -> np.ndarray:
+    if tensor.data is not None:
+        raise InputError(
+            f"input {tensor.name!r} has both data and binary_data_size: send its values once",
+            400,
+        )
+    if not binary:
+        raise InputError(
+            f"input {tensor.name!r} has binary_data_size but no binary data follows the JSON: "
+            f"send the tensor bytes after the JSON header, with {HEADER_LENGTH} giving its "
+            "length",
+            400,
+        )
+    needed = expected * dtype.itemsize
+    if isinstance(size, bool) or not isinstance(size, int) or size != needed:
+        raise InputError(
+            f"input {tensor.name!r}: binary_data_size is {size!r} but {tensor.datatype} shape "
+            f"{tensor.shape} takes {needed} bytes",
+            400,
+        )
+    if len(binary) < needed:
+        raise InputError(
+            f"input {tensor.name!r}: binary_data_size is {needed} but only {len(binary)} "
+            "bytes follow the JSON header",
+            400,
+        )
+    # A copy: the body's bytes are read-only and the slice may be misaligned for float32.
+    return np.frombuffer(binary[:needed], dtype=dtype).copy()
+
+
+def _to_model_input(values: np.ndarray, dtype: np.dtype[Any], count: int, name: str) -> np.ndarray:
+    if dtype.kind == "u":
+        images = values.astype(np.float32) / np.float32(255)
+    else:
+        images = values.astype(np.float32, copy=False)
+        low, high = images.min(), images.max()
+        # NaN fails both comparisons, so one check guards the hot path against it too.
+        if not (low >= 0 and high <= 1):
+            if not np.isfinite(images).all():
+                raise InputError(
+                    f"input {name!r} holds NaN or infinity: send values in [0, 1]", 400
+                )
+            raise InputError(
+                f"input {name!r} (FP32) has values from {low} to {high}; they must be in "
+                "[0, 1]: divide 0-255 grey levels by 255, or send UINT8",
+                400,
+            )
+    return images.reshape(count, *IMAGE_SHAPE)
+
+
+def _requested_outputs(request: InferenceRequest) -> tuple[RequestedOutput, ...]:
+    parameters = request.parameters or {}
+    default = _flag(parameters, "binary_data_output", False, "the request")
+    if not request.outputs:
+        return (RequestedOutput(OUTPUT_NAME, default),)
+    names = [output.name for output in request.outputs]
+    if len(set(names)) != len(names):
+        raise InputError(f"outputs {names} name an output twice: ask for each once", 400)
+    return tuple(_requested_output(output, default) for output in request.outputs)
+
+
+def _requested_output(output: RequestOutput, default: bool) -> RequestedOutput:
+    if output.name != OUTPUT_NAME:
+        raise InputError(
+            f"unknown output {output.name!r}: model {MODEL_NAME!r} has one output, {OUTPUT_NAME!r}",
+            400,
+        )
+    what = f"output {output.name!r}"
+    parameters = _checked_parameters(output.parameters, what)
+    return RequestedOutput(output.name, _flag(parameters, "binary_data", default, what))
+
+
+def _flag(parameters: Parameters, key: str, default: bool, what: str) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"{what}: parameter {key!r} must be true or false, got {value!r}", 400)
+    return value

@@ -1,0 +1,240 @@
+"""The Open Inference Protocol (KServe v2) REST API, as Triton's clients and tools speak it.
+
+Every failure under /v2 answers the protocol's ``{"error": "..."}``, not the service's
+``{"detail": "..."}``: the route class below turns errors into that form for these routes
+only. Inference goes through the shared batcher, like /predict.
+"""
+
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from service import inference_protocol as protocol
+from service.dependencies import BatcherDep, ModelDep, SettingsDep
+from service.errors import InputError
+from service.protocol_schemas import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    LiveResponse,
+    ModelConfigResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ReadyResponse,
+    ServerMetadataResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "mnist-serving"
+
+
+def protocol_error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+class ProtocolRoute(APIRoute):
+    """An APIRoute whose errors come out as the protocol's ``{"error": ...}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except InputError as exc:
+                return protocol_error(exc.message, exc.status, exc.headers)
+            except RequestValidationError as exc:
+                problems = [
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                ]
+                return protocol_error("; ".join(problems), 400)
+            except HTTPException as exc:
+                return protocol_error(str(exc.detail), exc.status_code, exc.headers)
+            except Exception:
+                logger.exception("%s %s failed", request.method, request.url.path)
+                return protocol_error("internal server error: see the server log", 500)
+
+        return handle
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        400: "Malformed or wrong request: JSON, datatype, shape, values, outputs.",
+        404: "Unknown model or version.",
+        413: "Too many images in one request, or a body over the limit.",
+        415: "Content-Encoding not supported.",
+        503: "Not ready, or the queue is full: retry after the Retry-After seconds.",
+    }.items()
+}
+
+router = APIRouter(
+    prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute, responses=_ERRORS
+)
+
+
+async def _served_model(
+    request: Request, model_name: Annotated[str, Path(description='The model: "mnist".')]
+) -> None:
+    # The version comes from path_params so that routes without {model_version} do not
+    # take it as a query parameter; _VERSIONED documents it where it is in the path.
+    protocol.check_model(model_name, request.path_params.get("model_version"))
+
+
+# Handlers and this dependency are async: they never block, and sync ones would each
+# cost a trip through the thread pool.
+ServedModel = Annotated[None, Depends(_served_model)]
+_VERSIONED: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "model_version",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": f'The model version: "{protocol.MODEL_VERSION}".',
+        }
+    ]
+}
+
+
+@router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
+async def server_metadata(request: Request) -> ServerMetadataResponse:
+    return ServerMetadataResponse(
+        name=SERVER_NAME, version=request.app.version, extensions=list(protocol.EXTENSIONS)
+    )
+
+
+@router.get("/health/live", response_model=LiveResponse, summary="The server is up")
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
+
+
+@router.get("/health/ready", response_model=ReadyResponse, summary="The server can infer")
+async def ready(batcher: BatcherDep) -> ReadyResponse | Response:
+    if not batcher.running:
+        return JSONResponse({"ready": False}, 503)
+    return ReadyResponse(ready=True)
+
+
+@router.get(
+    "/models/{model_name}/ready", response_model=ModelReadyResponse, summary="The model can infer"
+)
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    response_model=ModelReadyResponse,
+    summary="This model version can infer",
+    openapi_extra=_VERSIONED,
+)
+async def model_ready(_: ServedModel, batcher: BatcherDep) -> ModelReadyResponse | Response:
+    if not batcher.running:
+        return JSONResponse({"name": protocol.MODEL_NAME, "ready": False}, 503)
+    return ModelReadyResponse(name=protocol.MODEL_NAME, ready=True)
+
+
+@router.get("/models/{model_name}", response_model=ModelMetadataResponse, summary="Model metadata")
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    response_model=ModelMetadataResponse,
+    summary="Model version metadata",
+    openapi_extra=_VERSIONED,
+)
+async def model_metadata(_: ServedModel) -> ModelMetadataResponse:
+    return protocol.model_metadata()
+
+
+@router.get(
+    "/models/{model_name}/config",
+    response_model=ModelConfigResponse,
+    summary="Triton's model configuration (perf_analyzer reads max_batch_size here)",
+)
+@router.get(
+    "/models/{model_name}/versions/{model_version}/config",
+    response_model=ModelConfigResponse,
+    summary="Triton's model configuration of this version",
+    openapi_extra=_VERSIONED,
+)
+async def model_config(
+    _: ServedModel, model: ModelDep, settings: SettingsDep
+) -> ModelConfigResponse:
+    return protocol.model_config(
+        model.model_id, settings.max_images_per_request, settings.batch_max_delay_ms
+    )
+
+
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "An inference request. Input `image`: FP32 in [0, 1] or UINT8 0-255, shape "
+            "[N, 28, 28, 1], as JSON `data` or, with the binary tensor data extension, as "
+            "bytes after the JSON (the Inference-Header-Content-Length header gives the JSON's "
+            "length and parameters.binary_data_size each tensor's)."
+        ),
+        "content": {
+            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    summary="Infer",
+    response_model=InferenceResponse,
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    summary="Infer with this model version",
+    response_model=InferenceResponse,
+    openapi_extra={**_INFER_BODY, **_VERSIONED},
+)
+async def infer(
+    request: Request, _: ServedModel, batcher: BatcherDep, settings: SettingsDep
+) -> Response:
+    body = protocol.decompress(
+        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
+    )
+    decoded = protocol.decode_request(
+        body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
+    )
+    probabilities = await batcher.predict(decoded.images)
+    encoded = protocol.encode_response(probabilities, decoded)
+    headers = None
+    if encoded.header_length is not None:
+        headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}
+    return Response(encoded.body, media_type=encoded.media_type, headers=headers)
+
+
+@router.api_route(
+    "/{path:path}",
+    methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+    include_in_schema=False,
+)
+async def not_implemented(request: Request, path: str) -> Response:
+    # Registered last: reached only by paths no route above takes, or by the wrong method.
+    for route in router.routes:
+        if (
+            isinstance(route, APIRoute)
+            and route.endpoint is not not_implemented
+            and route.path_regex.match(request.url.path)
+        ):
+            allowed = ", ".join(sorted(route.methods or ()))
+            return protocol_error(
+                f"{request.method} is not allowed on /v2/{path}: use {allowed}",
+                405,
+                {"Allow": allowed},
+            )
+    return protocol_error(
+        f"no endpoint /v2/{path}: this server implements the protocol's health, metadata, "
+        "model config and infer endpoints",
+        404,
+    )
