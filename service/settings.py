@@ -37,7 +37,10 @@ class Settings(BaseSettings):
         256, ge=1, description="Most images in one onnxruntime call; 1 turns batching off."
     )
     batch_max_delay_ms: float = Field(
-        1.0, ge=0, description="How long a batch waits for more requests once it has one."
+        0.0,
+        ge=0,
+        description="How long a batch waits for more requests; 0: it takes what queued up "
+        "while the previous batch ran, so a lone request never waits.",
     )
     batch_queue_images: int = Field(
         8192, ge=1, description="Images waiting for inference before new requests get 503."
