@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         model.warm_up()
         logger.info("model %s loaded from %s on %s", model.model_id, model.path, model.providers)
-        app_metrics.model.info({"id": model.model_id, "provider": model.providers[0]})
+        app_metrics.model.labels(model.model_id, model.providers[0]).set(1)
         batcher = Batcher(
             model,
             app_metrics,

@@ -1,6 +1,13 @@
-"""Prometheus metrics, kept in a registry of the app's own rather than the process-wide default."""
+"""Prometheus metrics, kept in a registry of the app's own rather than the process-wide default.
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+With several uvicorn workers (``PROMETHEUS_MULTIPROC_DIR`` set), every worker writes its
+values to files there and a scrape adds up all workers, whichever one answers it.
+"""
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Sub-millisecond buckets: a single-image inference here takes ~0.1 ms.
 _FAST_BUCKETS = (
@@ -60,11 +67,29 @@ class Metrics:
             registry=self.registry,
         )
         self.queued_images = Gauge(
-            "mnist_queued_images", "Images waiting for inference.", registry=self.registry
+            "mnist_queued_images",
+            "Images waiting for inference.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "mnist_rejected_requests",
             "Requests refused with 503 because the queue was full.",
             registry=self.registry,
         )
-        self.model = Info("mnist_model", "The model being served.", registry=self.registry)
+        # A gauge fixed at 1 rather than an Info: Info does not work across worker processes.
+        self.model = Gauge(
+            "mnist_model_info",
+            "The model being served, and the execution provider it runs on.",
+            ["id", "provider"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric, all workers added up."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="uvicorn worker processes, each with its own model and batcher; "
+        "0: one per CPU available (Python serves one request at a time per process).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     intra_op_threads: int = Field(
@@ -46,10 +51,13 @@ class Settings(BaseSettings):
         8192, ge=1, description="Images waiting for inference before new requests get 503."
     )
 
+    def worker_processes(self) -> int:
+        return self.workers or available_cpus()
+
     def onnx_intra_op_threads(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, available_cpus() // self.workers)
+        return max(1, available_cpus() // self.worker_processes())
 
 
 def available_cpus() -> int:

@@ -4,7 +4,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
 
 from service import preprocessing
@@ -19,7 +19,26 @@ _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp
 # A bar three pixels wide: the model reads it as a 1.
 _ONE = [[1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(28)] for r in range(28)]
 
+# Documented here but read only for raw tensors: FastAPI would parse them on every request.
+_TENSOR_PARAMETERS = [
+    {
+        "name": "dtype",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["uint8", "float32"]},
+        "description": "application/octet-stream only: uint8 (0-255) or float32 ([0, 1]).",
+    },
+    {
+        "name": "shape",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "example": "256,28,28"},
+        "description": "application/octet-stream only: (N,28,28), (N,28,28,1) or (N,784).",
+    },
+]
+
 _OPENAPI_BODY: dict[str, Any] = {
+    "parameters": _TENSOR_PARAMETERS,
     "requestBody": {
         "required": True,
         "description": (
@@ -57,7 +76,7 @@ _OPENAPI_BODY: dict[str, Any] = {
             },
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -80,25 +99,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     openapi_extra=_OPENAPI_BODY,
 )
 async def predict(
-    request: Request,
-    model: ModelDep,
-    batcher: BatcherDep,
-    settings: SettingsDep,
-    dtype: str | None = Query(
-        None, description="application/octet-stream only: `uint8` (0-255) or `float32` ([0, 1])."
-    ),
-    shape: str | None = Query(
-        None, description="application/octet-stream only: e.g. `256,28,28` or `256,784`."
-    ),
+    request: Request, model: ModelDep, batcher: BatcherDep, settings: SettingsDep
 ) -> Response:
-    images = await _read_images(request, settings, dtype, shape)
+    images = await _read_images(request, settings)
     probabilities = await batcher.predict(images)
     return Response(_predictions_json(probabilities, model.model_id), media_type="application/json")
 
 
-async def _read_images(
-    request: Request, settings: Settings, dtype: str | None, shape: str | None
-) -> np.ndarray:
+async def _read_images(request: Request, settings: Settings) -> np.ndarray:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limit = settings.max_images_per_request
     if content_type == "application/json":
@@ -110,6 +118,7 @@ async def _read_images(
         image = preprocessing.image_from_bytes(body, max_pixels=settings.max_image_pixels)
         return image[np.newaxis, :, :, np.newaxis]
     if content_type == "application/octet-stream":
+        dtype, shape = request.query_params.get("dtype"), request.query_params.get("shape")
         if dtype is None or shape is None:
             raise InputError(
                 "a raw tensor body needs the query parameters dtype (uint8 or float32) and "
