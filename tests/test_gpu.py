@@ -32,7 +32,9 @@ def test_cuda_agrees_with_the_cpu(trained_model_path: Path, mnist_test_digits: R
     images = (mnist_test_digits.images[:2000] / 255).astype(np.float32)[..., np.newaxis]
     on_gpu = ModelSession(trained_model_path, "cuda").predict(images)
     on_cpu = ModelSession(trained_model_path, "cpu").predict(images)
-    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+    # cuDNN computes convolutions in TF32 on Ampere and later (onnxruntime's default):
+    # probabilities move by up to ~1e-3, answers almost never.
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=3e-3)
     assert (on_gpu.argmax(1) == on_cpu.argmax(1)).mean() > 0.999
 
 

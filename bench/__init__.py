@@ -1,0 +1,1 @@
+"""A reproducible benchmark of the MNIST service against raw onnxruntime (not a test)."""
