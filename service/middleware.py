@@ -20,16 +20,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = InputError(
-            f"request body over the {self.max_bytes:,}-byte limit (MNIST_MAX_BODY_BYTES): "
-            "send fewer or smaller images per request",
-            status=413,
-        )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 # Open Inference Protocol clients read "error"; ours read "detail".
                 key = "error" if scope["path"].startswith("/v2/") else "detail"
-                await _send_error(send, too_big, key)
+                await _send_error(send, self._too_big(), key)
                 return
         received = 0
 
@@ -39,10 +34,17 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise too_big
+                    raise self._too_big()
             return message
 
         await self.app(scope, limited_receive, send)
+
+    def _too_big(self) -> InputError:
+        return InputError(
+            f"request body over the {self.max_bytes:,}-byte limit (MNIST_MAX_BODY_BYTES): "
+            "send fewer or smaller images per request",
+            status=413,
+        )
 
 
 async def _send_error(send: Send, error: InputError, key: str) -> None:
