@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service import preprocessing
@@ -114,9 +115,8 @@ async def _read_images(request: Request, settings: Settings) -> np.ndarray:
     if content_type == "multipart/form-data":
         return await _images_from_form(request, settings)
     if content_type.startswith("image/"):
-        body = await request.body()
-        image = preprocessing.image_from_bytes(body, max_pixels=settings.max_image_pixels)
-        return image[np.newaxis, :, :, np.newaxis]
+        files = [("the body", await request.body())]
+        return await run_in_threadpool(_decode_files, files, settings.max_image_pixels)
     if content_type == "application/octet-stream":
         dtype, shape = request.query_params.get("dtype"), request.query_params.get("shape")
         if dtype is None or shape is None:
@@ -171,18 +171,23 @@ async def _images_from_form(request: Request, settings: Settings) -> np.ndarray:
                 "split them over several requests",
                 status=413,
             )
-        images = []
-        for index, part in enumerate(files):
+        named_files = []
+        for index, part in enumerate(files, start=1):
             if not isinstance(part, UploadFile):
-                raise InputError(f"field 'file' #{index + 1} is text, not a file upload")
-            data = await part.read()
-            try:
-                images.append(
-                    preprocessing.image_from_bytes(data, max_pixels=settings.max_image_pixels)
-                )
-            except InputError as exc:
-                name = part.filename or f"#{index + 1}"
-                raise InputError(f"file {name}: {exc.message}", exc.status) from exc
+                raise InputError(f"field 'file' #{index} is text, not a file upload")
+            named_files.append((f"file {part.filename or f'#{index}'}", await part.read()))
+    return await run_in_threadpool(_decode_files, named_files, settings.max_image_pixels)
+
+
+def _decode_files(files: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:
+    """Image files -> (N, 28, 28, 1). Run in the thread pool: a big photo takes milliseconds
+    to decode, which on the event loop would stall every other request meanwhile."""
+    images = []
+    for name, data in files:
+        try:
+            images.append(preprocessing.image_from_bytes(data, max_pixels=max_pixels))
+        except InputError as exc:
+            raise InputError(f"{name}: {exc.message}", exc.status) from exc
     return np.stack(images)[:, :, :, np.newaxis]
 
 
