@@ -9,8 +9,7 @@ from typing import Any
 import onnxruntime as ort
 
 from service.settings import available_cpus
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from training.revision import git_commit
 
 
 def cgroup_cpu_quota() -> str:
@@ -42,25 +41,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
-
-
 def tool_version(command: list[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=10)
@@ -81,5 +61,5 @@ def machine_info(wrk: str) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "onnxruntime_providers_available": ort.get_available_providers(),
         "wrk": tool_version([wrk, "-v"]),
-        "git_commit": git_commit(),
+        "git_commit": git_commit() or "unknown",
     }

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from training.revision import git_commit
 from training.schemas import LibraryVersions, ModelCard
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -49,30 +46,6 @@ def library_versions() -> LibraryVersions:
         onnx=_version("onnx"),
         python=platform.python_version(),
     )
-
-
-def git_commit(repo: Path = REPO_ROOT) -> str | None:
-    """HEAD of the checkout the job runs from, ``-dirty`` when tracked files differ; else None."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--verify", "HEAD"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}-dirty" if changes else head or None
 
 
 def build_model_card(
