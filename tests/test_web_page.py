@@ -95,7 +95,9 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
 
     page.on("request", note_foreign)
     page.goto(f"{base_url}/")
-    page.wait_for_function("document.getElementById('total-params').textContent !== '…'")
+    # Locators, not wait_for_function: polling a JS string is eval, which the page's CSP
+    # rightly forbids.
+    page.locator("#total-params", has_text="93,322").wait_for()
     yield page
     context.close()
     assert script_errors == []
@@ -371,14 +373,12 @@ def test_with_api_keys_the_page_asks_for_one_and_keeps_it_for_the_tab(
         assert page.text_content("#total-params") != "93,322"
         page.fill("#key-input", "a wrong key")
         page.click("#key-submit")
-        page.wait_for_function(
-            "document.getElementById('key-message').textContent.includes('refused')"
-        )
+        page.locator("#key-message", has_text="refused").wait_for()
         assert page.is_visible("#key-form")
         page.screenshot(path=str(ARTIFACTS / "web-page-key-form.png"))
         page.fill("#key-input", key)
         page.click("#key-submit")
-        page.wait_for_function("document.getElementById('total-params').textContent === '93,322'")
+        page.locator("#total-params", has_text="93,322").wait_for()
         assert page.is_hidden("#key-form")
         page.set_input_files(
             "#file-input",
@@ -389,7 +389,7 @@ def test_with_api_keys_the_page_asks_for_one_and_keeps_it_for_the_tab(
         assert answer(page)["digit"] == str(mnist_test_digits.labels[0])
         # Reloaded in the same tab: the key is remembered, no question asked.
         page.reload()
-        page.wait_for_function("document.getElementById('total-params').textContent === '93,322'")
+        page.locator("#total-params", has_text="93,322").wait_for()
         assert page.is_hidden("#key-form")
         assert key not in page.content()
         page.screenshot(path=str(ARTIFACTS / "web-page-key.png"))
