@@ -23,16 +23,20 @@ from service.routes import (
     ui,
 )
 from service.settings import Settings
+from service.tracing import Tracing, TracingMiddleware
 
 logger = logging.getLogger("service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     settings = settings or Settings()
     app_metrics = Metrics()
+    # Off unless the OTEL_* variables ask for traces; ``tracing`` (tests) brings exporters.
+    tracing = tracing or Tracing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.start()
         repository = ModelRepository(
             scanner(settings.model_repository, settings.model_path),
             settings.policy(),
@@ -68,17 +72,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await repository.stop()
+            await tracing.shutdown()
 
     app = FastAPI(
         title="MNIST digit service",
         summary="The classic Keras MNIST convnet on onnxruntime: send digit images, get digits.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own request spans would be a second server span beside ours.
+        telemetry={"tracing": False},
     )
-    app.state.settings, app.state.metrics = settings, app_metrics
+    app.state.settings, app.state.metrics, app.state.tracing = settings, app_metrics, tracing
     install_error_handlers(app)
     for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
+    # Added last, so outermost: the span also covers what the middleware above answers.
+    app.add_middleware(TracingMiddleware, tracing=tracing)
     return app

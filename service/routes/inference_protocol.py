@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from model_contract import MODEL_NAME
 from service import inference_protocol as protocol
-from service.dependencies import RepositoryDep, SettingsDep
+from service.dependencies import RepositoryDep, SettingsDep, TracingDep
 from service.errors import InputError
 from service.protocol_schemas import (
     ErrorResponse,
@@ -209,18 +209,25 @@ _INFER_BODY: dict[str, Any] = {
     openapi_extra={**_INFER_BODY, **_VERSIONED},
 )
 async def infer(
-    request: Request, version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
+    request: Request,
+    version: UrlVersion,
+    repository: RepositoryDep,
+    settings: SettingsDep,
+    tracing: TracingDep,
 ) -> Response:
-    body = protocol.decompress(
-        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
-    )
-    decoded = protocol.decode_request(
-        body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
-    )
+    with tracing.span("decode"):
+        body = protocol.decompress(
+            await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
+        )
+        decoded = protocol.decode_request(
+            body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
+        )
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
-    probabilities = await served.predict(decoded.images)
-    encoded = protocol.encode_response(probabilities, decoded, served.name)
+    result = await served.infer(decoded.images)
+    tracing.record_inference(result, served)
+    with tracing.span("encode"):
+        encoded = protocol.encode_response(result.probabilities, decoded, served.name)
     headers = None
     if encoded.header_length is not None:
         headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}
