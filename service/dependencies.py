@@ -11,7 +11,6 @@ from fastapi import Depends, Request
 from service.metrics import Metrics
 from service.models.repository import ModelRepository
 from service.settings import Settings
-from service.tracing import Tracing
 
 
 async def get_settings(request: Request) -> Settings:
@@ -29,12 +28,6 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_tracing(request: Request) -> Tracing:
-    tracing: Tracing = request.app.state.tracing
-    return tracing
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-TracingDep = Annotated[Tracing, Depends(get_tracing)]

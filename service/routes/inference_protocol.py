@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from model_contract import MODEL_NAME
 from service import inference_protocol as protocol
-from service.dependencies import RepositoryDep, SettingsDep, TracingDep
+from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.protocol_schemas import (
     ErrorResponse,
@@ -30,6 +30,7 @@ from service.protocol_schemas import (
     ReadyResponse,
     ServerMetadataResponse,
 )
+from service.tracing import traced
 
 logger = logging.getLogger(__name__)
 
@@ -209,12 +210,9 @@ _INFER_BODY: dict[str, Any] = {
     openapi_extra={**_INFER_BODY, **_VERSIONED},
 )
 async def infer(
-    request: Request,
-    version: UrlVersion,
-    repository: RepositoryDep,
-    settings: SettingsDep,
-    tracing: TracingDep,
+    request: Request, version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
 ) -> Response:
+    tracing = traced(request)
     with tracing.span("decode"):
         body = protocol.decompress(
             await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes

@@ -10,10 +10,11 @@ from starlette.datastructures import UploadFile
 
 from model_contract import parse_version
 from service import preprocessing
-from service.dependencies import RepositoryDep, SettingsDep, TracingDep
+from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.schemas import ErrorResponse, PredictJSONRequest, PredictResponse
 from service.settings import Settings
+from service.tracing import traced
 
 router = APIRouter(tags=["predict"])
 
@@ -111,9 +112,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
     openapi_extra=_OPENAPI_BODY,
 )
-async def predict(
-    request: Request, repository: RepositoryDep, settings: SettingsDep, tracing: TracingDep
-) -> Response:
+async def predict(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
+    tracing = traced(request)
     version = requested_version(request.query_params.get("version"))
     with tracing.span("decode"):
         images = await _read_images(request, settings)
