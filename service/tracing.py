@@ -61,6 +61,8 @@ class Tracing:
         self.tracer: trace.Tracer | None = None
 
     def start(self, environ: Mapping[str, str] = os.environ) -> None:
+        """``environ`` decides whether to trace and to which exporters; the SDK reads the
+        rest (service name, sampler, endpoint...) from the process environment itself."""
         names = [] if self._exporters else requested_exporters(environ)
         if not names and not self._exporters:
             return
@@ -77,7 +79,9 @@ class Tracing:
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
-        provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER
+        # The sampler comes from OTEL_TRACES_SAMPLER. No exit hook: shutdown() flushes, and a
+        # hook would keep every app's provider alive for the life of the process.
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         for exporter in self._exporters:
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         started = []
@@ -90,7 +94,7 @@ class Tracing:
             provider.shutdown()
             return
         self._provider = provider
-        self.tracer = provider.get_tracer("service")
+        self.tracer = provider.get_tracer(__name__)
         if started:
             logger.info(
                 "tracing on: %s exporter(s), service.name %s",
