@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -174,6 +175,37 @@ def test_a_body_over_the_limit_is_traced_too(trained_model_path: Path) -> None:
         assert response.status_code == 413
         [span] = exporter.get_finished_spans()
     assert (span.attributes or {})["http.response.status_code"] == 413
+
+
+def test_requests_batched_together_each_draw_the_shared_batch_in_their_own_trace(
+    trained_model_path: Path,
+) -> None:
+    exporter = InMemorySpanExporter()
+    # The batch closes once it holds all six images below, whenever they come within 10 s.
+    settings = Settings(
+        model_path=trained_model_path, device="cpu", batch_max_size=6, batch_max_delay_ms=10_000
+    )
+    with (
+        TestClient(create_app(settings, Tracing(exporters=[exporter]))) as client,
+        ThreadPoolExecutor(3) as pool,
+    ):
+        sizes = [1, 2, 3]
+        bodies = [{"images": [[0] * 784] * n} for n in sizes]
+        responses = list(pool.map(lambda body: client.post("/predict", json=body), bodies))
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    finished = exporter.get_finished_spans()
+    inferences = [s for s in finished if s.name == "inference"]
+    assert len({s.context.trace_id for s in inferences if s.context}) == 3
+    assert {(s.start_time, s.end_time) for s in inferences} == {
+        (inferences[0].start_time, inferences[0].end_time)
+    }
+    mine = []
+    for span in inferences:
+        attributes = span.attributes or {}
+        assert attributes["mnist.batch.images"] == 6
+        assert attributes["mnist.batch.requests"] == 3
+        mine.append(attributes["mnist.request.images"])
+    assert sorted(mine, key=str) == sizes
 
 
 def test_the_otel_variables_decide_whether_traces_are_on() -> None:
