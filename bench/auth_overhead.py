@@ -79,25 +79,20 @@ def main(argv: list[str] | None = None) -> int:
                             f"{figures.requests_per_s:8.0f} req/s  p50 {figures.p50_ms:.3f} ms",
                             flush=True,
                         )
-    summary = {}
+    summary: dict[str, dict[str, float]] = {}
     for concurrency in CONCURRENCY:
-        row = {}
+        row: dict[str, float] = {}
         for mode in ("open", "keys"):
-            rates = [r for r, _ in runs[mode][concurrency]]
-            p50s = [p for _, p in runs[mode][concurrency]]
-            row[mode] = {
-                "requests_per_s": round(statistics.median(rates), 1),
-                "p50_ms": round(statistics.median(p50s), 3),
-            }
-        row["keys_over_open_throughput"] = round(
-            row["keys"]["requests_per_s"] / row["open"]["requests_per_s"], 3
-        )
-        row["p50_added_us"] = round((row["keys"]["p50_ms"] - row["open"]["p50_ms"]) * 1000, 1)
-        summary[f"c={concurrency}"] = row
+            row[f"{mode}_requests_per_s"] = statistics.median(r for r, _ in runs[mode][concurrency])
+            row[f"{mode}_p50_ms"] = statistics.median(p for _, p in runs[mode][concurrency])
+        row["keys_over_open_throughput"] = row["keys_requests_per_s"] / row["open_requests_per_s"]
+        row["p50_added_us"] = (row["keys_p50_ms"] - row["open_p50_ms"]) * 1000
+        summary[f"c={concurrency}"] = {key: round(value, 3) for key, value in row.items()}
         print(
-            f"c={concurrency}: open {row['open']['requests_per_s']:.0f} req/s, with keys "
-            f"{row['keys']['requests_per_s']:.0f} req/s (x{row['keys_over_open_throughput']}); "
-            f"p50 {row['p50_added_us']:+.1f} us"
+            f"c={concurrency}: open {row['open_requests_per_s']:.0f} req/s, with keys "
+            f"{row['keys_requests_per_s']:.0f} req/s (x{row['keys_over_open_throughput']:.3f}); "
+            f"p50 {row['p50_added_us']:+.1f} us",
+            flush=True,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "auth_overhead.json").write_text(json.dumps(summary, indent=2))
