@@ -13,12 +13,14 @@ from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.models.repository import LoadSettings, ModelRepository, scanner
 from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
+from service.openapi import install_openapi
 from service.routes import (
     health,
     inference_protocol,
     metrics,
     model_repository,
     predict,
+    protocol_fallback,
     summary,
     ui,
 )
@@ -77,7 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)
-    for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
+    install_openapi(app, inference_protocol.router.prefix)
+    for module in (
+        predict,
+        summary,
+        health,
+        metrics,
+        ui,
+        model_repository,
+        inference_protocol,
+        protocol_fallback,
+    ):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
