@@ -119,7 +119,9 @@ def repace(pause_ms: float, achieved_per_s: float, target_per_s: float) -> float
     if achieved_per_s <= 0:
         return pause_ms
     busy_ms = max(0.0, CONNECTIONS * 1000 / achieved_per_s - pause_ms)
-    return pause_for(target_per_s, busy_ms)
+    # Halfway there: the time a request takes falls as the rate falls, so aiming straight
+    # at the target overshoots, and the rate would swing from slice to slice.
+    return (pause_ms + pause_for(target_per_s, busy_ms)) / 2
 
 
 def _cmdline(pid: int) -> bytes:
