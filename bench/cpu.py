@@ -16,10 +16,10 @@ def process_tree_cpu_s(pid: int) -> float:
         return 0.0  # gone already: it no longer uses any CPU
     # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
     total = (int(fields[11]) + int(fields[12])) / _TICKS
-    return total + sum(process_tree_cpu_s(child) for child in _children(pid))
+    return total + sum(process_tree_cpu_s(child) for child in children(pid))
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:

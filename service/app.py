@@ -16,12 +16,14 @@ from service.middleware import AccessMiddleware, BodyLimitMiddleware
 from service.models.repository import LoadSettings, ModelRepository, scanner
 from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
+from service.openapi import install_openapi
 from service.routes import (
     health,
     inference_protocol,
     metrics,
     model_repository,
     predict,
+    protocol_fallback,
     summary,
     ui,
 )
@@ -93,7 +95,17 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.state.settings, app.state.metrics = settings, app_metrics
     app.state.drain, app.state.tracing = drain, tracing
     install_error_handlers(app)
-    for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
+    install_openapi(app, inference_protocol.router.prefix)
+    for module in (
+        predict,
+        summary,
+        health,
+        metrics,
+        ui,
+        model_repository,
+        inference_protocol,
+        protocol_fallback,
+    ):
         app.include_router(module.router)
     # Innermost first: each one added wraps those before it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

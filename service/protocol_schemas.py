@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Parameters = dict[str, bool | int | float | str]
 
 
-class ErrorResponse(BaseModel):
+class ProtocolErrorResponse(BaseModel):
     error: str = Field(description="What is wrong with the request and how to fix it.")
     request_id: str | None = Field(description="The request's X-Request-ID, for the logs.")
 

@@ -1,12 +1,23 @@
 """The shapes of what the API takes and gives, for validation and for the OpenAPI docs."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_contract import ModelSummary
 
-Image = list[list[float]] | list[float]
+_SIDE = 28
+_Pixel = Annotated[float, Field(ge=0, le=255)]
+_Row = Annotated[list[_Pixel], Field(min_length=_SIDE, max_length=_SIDE)]
+Image = (
+    Annotated[list[_Row], Field(min_length=_SIDE, max_length=_SIDE)]
+    | Annotated[list[_Pixel], Field(min_length=_SIDE * _SIDE, max_length=_SIDE * _SIDE)]
+)
+
+
+def _exactly_one_key(schema: dict[str, Any]) -> None:
+    schema.pop("required", None)
+    schema["oneOf"] = [{"required": ["image"]}, {"required": ["images"]}]
 
 
 class PredictJSONRequest(BaseModel):
@@ -17,8 +28,13 @@ class PredictJSONRequest(BaseModel):
     0-255 grey levels; otherwise the values are floats in [0, 1] (so a 0/1 image is [0, 1]).
     """
 
-    image: Image | None = Field(None, description="One image.")
-    images: list[Image] | None = Field(None, description="A batch of images, answered in order.")
+    # Only documents the body (the route parses it with orjson): the schema says what the
+    # parser takes, one key of the two and nothing else, so that a client generated from it
+    # never sends {} or both.
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_key)
+
+    image: Image = Field(description="One image.")
+    images: list[Image] = Field(description="A batch of images, answered in order.", min_length=1)
 
 
 class Prediction(BaseModel):

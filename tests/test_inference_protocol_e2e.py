@@ -240,11 +240,14 @@ def test_raw_http_errors_use_the_protocol_form(base_url: str) -> None:
         }
         assert "MNIST_MAX_IMAGES_PER_REQUEST" in error_of(http.post(infer, json=too_many), 413)
         assert "use POST" in error_of(http.get(infer), 405)
-        assert "no endpoint" in error_of(http.get("/v2/repository/index"), 404)
+        # The repository extension's routes are known to the catch-all too: a wrong method
+        # there is a 405, like anywhere else under /v2.
+        assert "use POST" in error_of(http.get("/v2/repository/index"), 405)
+        assert "no endpoint" in error_of(http.get("/v2/repository/nothing"), 404)
         # The service's own routes keep their {"detail": ...} form.
         response = http.post("/predict", content=b"{", headers={"content-type": "application/json"})
         assert response.status_code == 400
-        assert set(response.json()) == {"detail"}
+        assert set(response.json()) == {"detail", "request_id"}
 
 
 def test_binary_request_by_hand_follows_the_extension_spec(

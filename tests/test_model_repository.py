@@ -375,3 +375,13 @@ def test_model_control_is_off_by_default(trained_model_path: Path, tmp_path: Pat
         assert client.get("/health/ready").status_code == 200
         unknown = client.post("/v2/repository/models/other/load")
         assert unknown.status_code == 404
+
+
+def test_a_wrong_method_on_a_repository_route_is_405_with_allow(
+    controlled: tuple[TestClient, Path],
+) -> None:
+    client, _ = controlled
+    response = client.put("/v2/repository/index", json={"ready": False})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "use POST" in response.json()["error"]

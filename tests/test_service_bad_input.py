@@ -117,6 +117,21 @@ def test_raw_tensors_with_wrong_descriptions(client: TestClient) -> None:
         assert response.json()["detail"]
 
 
+def test_a_dtype_or_shape_out_of_its_schema_is_refused_whatever_the_body(
+    client: TestClient,
+) -> None:
+    one = {"image": [0] * 783 + [255]}
+    for query, status, says in [
+        ("dtype=AAA", 422, "dtype 'AAA' is not one of uint8, float32"),
+        ("shape=-1,28,28", 400, "comma-separated list of integers"),
+        ("shape=1, 28,28", 400, "comma-separated list of integers"),
+    ]:
+        response = client.post(f"/predict?{query}", json=one)
+        assert response.status_code == status, (query, response.text)
+        assert says in response.json()["detail"]
+    assert client.post("/predict?dtype=uint8&shape=1,28,28", json=one).status_code == 200
+
+
 def test_a_pickled_npy_is_refused(client: TestClient) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)

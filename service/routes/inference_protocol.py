@@ -6,6 +6,7 @@ only. Inference goes through the shared batcher, like /predict.
 """
 
 import logging
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Annotated, Any
@@ -16,18 +17,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from model_contract import MODEL_NAME
+from model_contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME
 from service import inference_protocol as protocol
 from service.dependencies import DrainDep, RepositoryDep, SettingsDep
 from service.errors import InputError, request_id
+from service.openapi import self_contained
 from service.protocol_schemas import (
-    ErrorResponse,
     InferenceRequest,
     InferenceResponse,
     LiveResponse,
     ModelConfigResponse,
     ModelMetadataResponse,
     ModelReadyResponse,
+    ProtocolErrorResponse,
     ReadyResponse,
     ServerMetadataResponse,
 )
@@ -72,7 +74,7 @@ class ProtocolRoute(APIRoute):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": why}
+    code: {"model": ProtocolErrorResponse, "description": why}
     for code, why in {
         400: "Malformed or wrong request: JSON, datatype, shape, values, outputs.",
         404: "Unknown model, or a version that is not ready.",
@@ -87,9 +89,14 @@ router = APIRouter(
 )
 
 
-async def _version_in_url(
-    request: Request, model_name: Annotated[str, Path(description='The model: "mnist".')]
-) -> int | None:
+# An enum so that clients and fuzzers know the one name that is served; any other is a 404
+# (the protocol's answer to an unknown model), not a validation error.
+ModelName = Annotated[
+    str, Path(description='The model: "mnist".', json_schema_extra={"enum": [MODEL_NAME]})
+]
+
+
+async def _version_in_url(request: Request, model_name: ModelName) -> int | None:
     """The version the URL names (None without one), once the model name is checked."""
     protocol.check_model(model_name)
     # The version comes from path_params so that routes without {model_version} do not
@@ -185,6 +192,20 @@ async def model_config(
     )
 
 
+def _infer_request_schema() -> dict[str, Any]:
+    """The request model's schema, narrowed to what this model takes: one input, named
+    ``image``, of a datatype it reads, in four dimensions. The model itself stays generic
+    so that each of these gets the protocol's own message rather than pydantic's."""
+    schema = self_contained(InferenceRequest.model_json_schema())
+    inputs = schema["properties"]["inputs"]
+    inputs.update(minItems=1, maxItems=1)
+    tensor = inputs["items"]["properties"]
+    tensor["name"]["enum"] = [INPUT_NAME]
+    tensor["datatype"]["enum"] = sorted(protocol.INPUT_DATATYPES)
+    tensor["shape"].update(minItems=1 + len(IMAGE_SHAPE), maxItems=1 + len(IMAGE_SHAPE))
+    return schema
+
+
 _INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -195,7 +216,19 @@ _INFER_BODY: dict[str, Any] = {
             "length and parameters.binary_data_size each tensor's)."
         ),
         "content": {
-            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/json": {
+                "schema": _infer_request_schema(),
+                "example": {
+                    "inputs": [
+                        {
+                            "name": INPUT_NAME,
+                            "shape": [1, *IMAGE_SHAPE],
+                            "datatype": "UINT8",
+                            "data": [0] * math.prod(IMAGE_SHAPE),
+                        }
+                    ]
+                },
+            },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }
@@ -238,31 +271,3 @@ async def infer(
     if encoded.header_length is not None:
         headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
-
-
-@router.api_route(
-    "/{path:path}",
-    methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-    include_in_schema=False,
-)
-async def not_implemented(request: Request, path: str) -> Response:
-    # Registered last: reached only by paths no route above takes, or by the wrong method.
-    for route in router.routes:
-        if (
-            isinstance(route, APIRoute)
-            and route.endpoint is not not_implemented
-            and route.path_regex.match(request.url.path)
-        ):
-            allowed = ", ".join(sorted(route.methods or ()))
-            return protocol_error(
-                request,
-                f"{request.method} is not allowed on /v2/{path}: use {allowed}",
-                405,
-                {"Allow": allowed},
-            )
-    return protocol_error(
-        request,
-        f"no endpoint /v2/{path}: this server implements the protocol's health, metadata, "
-        "model config, infer and model repository endpoints",
-        404,
-    )

@@ -9,7 +9,7 @@ keeps serving what was there if none of it can be served.
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends
 
 from model_contract import MODEL_NAME
 from service import inference_protocol as protocol
@@ -23,7 +23,7 @@ from service.protocol_schemas import (
     RepositoryModelResponse,
     RepositoryUnloadRequest,
 )
-from service.routes.inference_protocol import ERRORS, ProtocolRoute
+from service.routes.inference_protocol import ERRORS, ModelName, ProtocolRoute
 from service.settings import Settings
 
 router = APIRouter(
@@ -39,7 +39,7 @@ router = APIRouter(
 
 async def _controlled_model(
     settings: SettingsDep,
-    model_name: Annotated[str, Path(description='The model: "mnist".')],
+    model_name: ModelName,
 ) -> None:
     protocol.check_model(model_name)
     _check_control(settings)

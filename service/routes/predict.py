@@ -1,5 +1,6 @@
 """POST /predict: digits for images sent as JSON arrays, image files or raw tensors."""
 
+import re
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,9 @@ _ONE = [
     for r in range(preprocessing.SIDE)
 ]
 
+_DTYPES = ("uint8", "float32")
+_SHAPE_PATTERN = r"^[0-9]+(,[0-9]+)*$"
+
 # Documented here but read by hand where used: FastAPI would parse them on every request.
 _PARAMETERS = [
     {
@@ -38,14 +42,14 @@ _PARAMETERS = [
         "name": "dtype",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "enum": ["uint8", "float32"]},
+        "schema": {"type": "string", "enum": list(_DTYPES)},
         "description": "application/octet-stream only: uint8 (0-255) or float32 ([0, 1]).",
     },
     {
         "name": "shape",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "example": "256,28,28"},
+        "schema": {"type": "string", "pattern": _SHAPE_PATTERN, "example": "256,28,28"},
         "description": "application/octet-stream only: (N,28,28), (N,28,28,1) or (N,784).",
     },
 ]
@@ -115,8 +119,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def predict(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
     tracing = traced(request)
     version = requested_version(request.query_params.get("version"))
+    # Checked whatever the body: a parameter the document declares is either valid or
+    # refused, never ignored (a typo in dtype must not pass unnoticed with a JSON body).
+    tensor = _tensor_description(
+        request.query_params.get("dtype"), request.query_params.get("shape")
+    )
     with tracing.span("decode"):
-        images = await _read_images(request, settings)
+        images = await _read_images(request, settings, tensor)
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
     request.state.images, request.state.model_version = len(images), served.name
@@ -136,7 +145,17 @@ def requested_version(text: str | None) -> int | None:
     return version
 
 
-async def _read_images(request: Request, settings: Settings) -> np.ndarray:
+def _tensor_description(
+    dtype: str | None, shape: str | None
+) -> tuple[str | None, tuple[int, ...] | None]:
+    if dtype is not None and dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    return dtype, None if shape is None else _parse_shape(shape)
+
+
+async def _read_images(
+    request: Request, settings: Settings, tensor: tuple[str | None, tuple[int, ...] | None]
+) -> np.ndarray:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limit = settings.max_images_per_request
     if content_type == "application/json":
@@ -147,7 +166,7 @@ async def _read_images(request: Request, settings: Settings) -> np.ndarray:
         files = [("the body", await request.body())]
         return await run_in_threadpool(_decode_files, files, settings.max_image_pixels)
     if content_type == "application/octet-stream":
-        dtype, shape = request.query_params.get("dtype"), request.query_params.get("shape")
+        dtype, shape = tensor
         if dtype is None or shape is None:
             raise InputError(
                 "a raw tensor body needs the query parameters dtype (uint8 or float32) and "
@@ -155,7 +174,7 @@ async def _read_images(request: Request, settings: Settings) -> np.ndarray:
                 status=400,
             )
         return preprocessing.images_from_tensor(
-            await request.body(), dtype, _parse_shape(shape), max_images=limit
+            await request.body(), dtype, shape, max_images=limit
         )
     if content_type == "application/x-npy":
         return preprocessing.images_from_npy(await request.body(), max_images=limit)
@@ -221,12 +240,11 @@ def _decode_files(files: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray
 
 
 def _parse_shape(shape: str) -> tuple[int, ...]:
-    try:
+    if re.fullmatch(_SHAPE_PATTERN, shape):
         return tuple(int(d) for d in shape.split(","))
-    except ValueError:
-        raise InputError(
-            f"shape {shape!r} is not a comma-separated list of integers, e.g. 256,28,28", 400
-        ) from None
+    raise InputError(
+        f"shape {shape!r} is not a comma-separated list of integers, e.g. 256,28,28", 400
+    )
 
 
 def _predictions_json(probabilities: np.ndarray, model_id: str, version: str) -> bytes:

@@ -19,6 +19,7 @@ router = APIRouter(tags=["model"])
     responses={
         200: {"content": {"text/plain": {"example": "Layer (type) ..."}}},
         404: {"model": ErrorResponse, "description": "The version asked for is not ready."},
+        422: {"model": ErrorResponse, "description": "version or format is not valid."},
         503: {"model": ErrorResponse, "description": "No version is ready yet."},
     },
 )
