@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from service.model_session import CPU, CUDA, INPUT_NAME, OUTPUT_NAME
+from model_contract import INPUT_NAME, OUTPUT_NAME
+from service.models.session import CPU, CUDA
 
 Device = Literal["cpu", "cuda"]
 F32 = npt.NDArray[np.float32]

@@ -7,12 +7,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.batcher import Batcher
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.model_session import ModelLoadError, ModelSession
-from service.routes import health, inference_protocol, metrics, predict, summary, ui
+from service.models.repository import LoadSettings, ModelRepository, scanner
+from service.models.session import ModelLoadError
+from service.models.worker_state import WorkerState
+from service.routes import (
+    health,
+    inference_protocol,
+    metrics,
+    model_repository,
+    predict,
+    summary,
+    ui,
+)
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -24,35 +33,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            model = ModelSession(
-                settings.model_path,
-                settings.device,
+        repository = ModelRepository(
+            scanner(settings.model_repository, settings.model_path),
+            settings.policy(),
+            LoadSettings(
+                device=settings.device,
                 intra_op_threads=settings.onnx_intra_op_threads(),
                 inter_op_threads=settings.inter_op_threads,
-            )
-        except ModelLoadError as exc:
-            logger.error("%s", exc)
-            raise
-        model.warm_up()
-        logger.info("model %s loaded from %s on %s", model.model_id, model.path, model.providers)
-        app_metrics.model.labels(model.model_id, model.providers[0]).set(1)
-        batcher = Batcher(
-            model,
+                batch_max_size=settings.batch_max_size,
+                batch_max_delay_s=settings.batch_max_delay_ms / 1000,
+                batch_queue_images=settings.batch_queue_images,
+            ),
             app_metrics,
-            max_batch_size=settings.batch_max_size,
-            max_delay_s=settings.batch_max_delay_ms / 1000,
-            max_queued_images=settings.batch_queue_images,
+            WorkerState(settings.worker_state_dir),
+            # One file is one version for good: only a repository is worth watching.
+            poll_s=settings.repository_poll_s if settings.model_repository else 0.0,
         )
-        batcher.start()
-        app.state.model, app.state.batcher = model, batcher
+        await repository.start()
+        if settings.model_repository is None and not repository.ready:
+            [entry] = repository.index()
+            error = ModelLoadError(settings.model_path, entry.reason)
+            logger.error("%s", error)
+            raise error
+        if not repository.ready:
+            logger.warning(
+                "no version of the model is ready in %s yet: not ready until one is published",
+                settings.model_repository,
+            )
+        app.state.repository = repository
         # What start-up built lives as long as the process: moving it out of the collector's
         # reach keeps full collections, and the latency spikes they cause, short.
         gc.freeze()
         try:
             yield
         finally:
-            await batcher.stop()
+            await repository.stop()
 
     app = FastAPI(
         title="MNIST digit service",
@@ -62,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)
-    for module in (predict, summary, health, metrics, ui, inference_protocol):
+    for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import InputError
-from service.metrics import Metrics
+from service.metrics import VersionMetrics
 
 
 class Predictor(Protocol):
@@ -42,7 +42,7 @@ class Batcher:
     def __init__(
         self,
         model: Predictor,
-        metrics: Metrics,
+        metrics: VersionMetrics,
         max_batch_size: int,
         max_delay_s: float,
         max_queued_images: int,

@@ -8,9 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.batcher import Batcher
 from service.metrics import Metrics
-from service.model_session import ModelSession
+from service.models.repository import ModelRepository
 from service.settings import Settings
 
 
@@ -19,14 +18,9 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_model(request: Request) -> ModelSession:
-    model: ModelSession = request.app.state.model
-    return model
-
-
-async def get_batcher(request: Request) -> Batcher:
-    batcher: Batcher = request.app.state.batcher
-    return batcher
+async def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository = request.app.state.repository
+    return repository
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -35,6 +29,5 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ModelDep = Annotated[ModelSession, Depends(get_model)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -10,8 +10,8 @@ data extension, as little-endian bytes after the JSON header, whose length the
 the request asks for it: ``binary_data`` on an output, else ``binary_data_output`` on
 the request.
 
-The model has one version, "1": the protocol's versions are names a client may put in a
-URL, and the model card's id (a training run) is reported in the model config instead.
+Versions are the model repository's: "1", "2", ... in URLs and in ``model_version``; the
+model card's id (a training run) is reported in the model config.
 """
 
 import math
@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from model_contract import CLASSES, IMAGE_SHAPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, parse_version
 from service.errors import InputError
-from service.model_session import CLASSES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 from service.protocol_schemas import (
     ConfigParameter,
     ConfigTensor,
@@ -40,11 +40,9 @@ from service.protocol_schemas import (
     ResponseOutput,
 )
 
-MODEL_NAME = "mnist"
-MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # Protocol datatype -> little-endian numpy dtype, for the input datatypes accepted.
@@ -85,10 +83,10 @@ class EncodedResponse:
         return "application/json" if self.header_length is None else "application/octet-stream"
 
 
-def model_metadata() -> ModelMetadataResponse:
+def model_metadata(versions: list[int]) -> ModelMetadataResponse:
     return ModelMetadataResponse(
         name=MODEL_NAME,
-        versions=[MODEL_VERSION],
+        versions=[str(v) for v in versions],
         platform=PLATFORM,
         inputs=[MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *IMAGE_SHAPE])],
         outputs=[MetadataTensor(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, CLASSES])],
@@ -114,16 +112,24 @@ def model_config(
     )
 
 
-def check_model(name: str, version: str | None) -> None:
-    """404 unless the URL names the served model (and, when given, its version)."""
+def check_model(name: str) -> None:
+    """404 unless the URL names the served model."""
     if name != MODEL_NAME:
         raise InputError(f"unknown model {name!r}: this server serves {MODEL_NAME!r}", 404)
-    if version not in (None, "", MODEL_VERSION):
+
+
+def url_version(text: str | None) -> int | None:
+    """The version in a URL: None when left out; 404 for what no version can be called."""
+    if not text:
+        return None
+    version = parse_version(text)
+    if version is None:
         raise InputError(
-            f"model {MODEL_NAME!r} has no version {version!r}: its versions are "
-            f"[{MODEL_VERSION!r}], or leave the version out of the URL",
+            f"model {MODEL_NAME!r} has no version {text!r}: versions are positive integers, "
+            "or leave the version out of the URL for the newest",
             404,
         )
+    return version
 
 
 def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
@@ -167,7 +173,9 @@ def decode_request(body: bytes, header_length: str | None, max_images: int) -> D
     return DecodedRequest(request.id, image, _requested_outputs(request))
 
 
-def encode_response(probabilities: np.ndarray, request: DecodedRequest) -> EncodedResponse:
+def encode_response(
+    probabilities: np.ndarray, request: DecodedRequest, version: str
+) -> EncodedResponse:
     outputs: list[ResponseOutput] = []
     blobs: list[bytes] = []
     # Only one output exists, so every requested output is the probabilities tensor.
@@ -181,7 +189,7 @@ def encode_response(probabilities: np.ndarray, request: DecodedRequest) -> Encod
             output.data = tensor.reshape(-1)
         outputs.append(output)
     response = InferenceResponse(
-        model_name=MODEL_NAME, model_version=MODEL_VERSION, id=request.id, outputs=outputs
+        model_name=MODEL_NAME, model_version=version, id=request.id, outputs=outputs
     )
     header = orjson.dumps(response.model_dump(exclude_none=True), option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:

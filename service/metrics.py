@@ -5,6 +5,7 @@ values to files there and a scrape adds up all workers, whichever one answers it
 """
 
 import os
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -29,6 +30,18 @@ _FAST_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+@dataclass(frozen=True)
+class VersionMetrics:
+    """The model metrics of one served version: what its batcher records."""
+
+    images: Counter
+    batch_size: Histogram
+    queue_wait: Histogram
+    inference: Histogram
+    queued_images: Gauge
+    rejected: Counter
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -45,45 +58,73 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=self.registry,
         )
+        # Every model metric below carries the version that did the work.
         self.images = Counter(
-            "mnist_images_predicted", "Images run through the model.", registry=self.registry
+            "mnist_images_predicted",
+            "Images run through the model.",
+            ["version"],
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "mnist_batch_size",
             "Images in one onnxruntime call.",
+            ["version"],
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
         self.queue_wait = Histogram(
             "mnist_queue_wait_seconds",
             "Time a request waited for its batch to start.",
+            ["version"],
             buckets=_FAST_BUCKETS,
             registry=self.registry,
         )
         self.inference = Histogram(
             "mnist_inference_seconds",
             "Time of one onnxruntime call.",
+            ["version"],
             buckets=_FAST_BUCKETS,
             registry=self.registry,
         )
         self.queued_images = Gauge(
             "mnist_queued_images",
             "Images waiting for inference.",
+            ["version"],
             registry=self.registry,
             multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "mnist_rejected_requests",
             "Requests refused with 503 because the queue was full.",
+            ["version"],
             registry=self.registry,
         )
-        # A gauge fixed at 1 rather than an Info: Info does not work across worker processes.
+        # A gauge at 1 while served, 0 once unloaded, rather than an Info: Info does not
+        # work across worker processes.
         self.model = Gauge(
             "mnist_model_info",
-            "The model being served, and the execution provider it runs on.",
-            ["id", "provider"],
+            "The model versions being served, and the execution provider each runs on.",
+            ["version", "id", "provider"],
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
+        )
+        self.loads = Counter(
+            "mnist_model_loads",
+            "Attempts to load a model version, by outcome: loaded, or refused (the reason is "
+            "in the log and in POST /v2/repository/index).",
+            ["version", "outcome"],
+            registry=self.registry,
+        )
+
+    def of_version(self, version: int) -> VersionMetrics:
+        label = str(version)
+        return VersionMetrics(
+            images=self.images.labels(label),
+            batch_size=self.batch_size.labels(label),
+            queue_wait=self.queue_wait.labels(label),
+            inference=self.inference.labels(label),
+            queued_images=self.queued_images.labels(label),
+            rejected=self.rejected.labels(label),
         )
 
     def render(self) -> bytes:

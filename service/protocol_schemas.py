@@ -119,3 +119,46 @@ class InferenceResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[ResponseOutput]
+
+
+# --- the model repository extension (Triton's) -----------------------------------------
+
+
+class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    ready: bool = Field(False, description="true: list only the versions that are READY.")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, LOADING or UNAVAILABLE (then see `reason`).")
+    reason: str = Field("", description="Why the version is not ready, or how workers differ.")
+    workers: dict[str, str] | None = Field(
+        None, description="With several workers: each one's state of this version, by pid."
+    )
+
+
+class RepositoryLoadRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description='Optional "config": a JSON string of Triton\'s model configuration that '
+        'may hold only a "version_policy", e.g. {"version_policy": {"specific": {"versions": '
+        "[2]}}}; without it the configured MNIST_VERSION_POLICY applies.",
+    )
+
+
+class RepositoryUnloadRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    parameters: dict[str, Any] | None = Field(
+        None, description='Triton\'s "unload_dependents" is accepted; the model has none.'
+    )
+
+
+class RepositoryModelResponse(BaseModel):
+    name: str
+    ready_versions: list[str] = Field(description="The versions this worker serves now.")

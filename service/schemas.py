@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from model_contract import ModelSummary
+
 Image = list[list[float]] | list[float]
 
 
@@ -28,24 +30,11 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model: str = Field(description="The id of the model that answered, from its model card.")
+    model_version: str = Field(description="The repository version that answered.")
 
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What is wrong with the request and how to fix it.")
-
-
-class Layer(BaseModel):
-    name: str
-    type: str
-    output_shape: list[int | None]
-    params: int
-
-
-class ModelSummary(BaseModel):
-    layers: list[Layer]
-    total_params: int
-    trainable_params: int
-    non_trainable_params: int
 
 
 class TensorSpec(BaseModel):
@@ -56,6 +45,7 @@ class TensorSpec(BaseModel):
 
 class SummaryResponse(BaseModel):
     model: str
+    model_version: str = Field(description="The repository version described.")
     summary: ModelSummary
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]

@@ -4,14 +4,43 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.models.policy import POLICY_HELP, PolicyError, VersionPolicy
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MNIST_", env_file=".env", extra="ignore")
 
-    model_path: Path = Field(Path("models/mnist.onnx"), description="The ONNX file to serve.")
+    model_repository: Path | None = Field(
+        None,
+        description="Model repository to serve and watch: DIR/mnist/<version>/model.onnx, "
+        "as `mnist-train --repository DIR` publishes it. Unset: serve MNIST_MODEL_PATH.",
+    )
+    model_path: Path = Field(
+        Path("models/mnist.onnx"),
+        description="Without a repository: the one ONNX file to serve, as version 1.",
+    )
+    version_policy: str = Field(
+        "latest:1", description=f"Which published versions to serve: {POLICY_HELP}."
+    )
+    repository_poll_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between scans of the repository for new or removed versions; "
+        "0: no polling (versions change only by model control).",
+    )
+    model_control: bool = Field(
+        False,
+        description="Allow POST /v2/repository/models/mnist/load and .../unload (Triton's "
+        "explicit model control).",
+    )
+    worker_state_dir: Path | None = Field(
+        None,
+        description="Directory the workers of one server share model state through; "
+        "mnist-serve sets it for its workers.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU. "
@@ -50,6 +79,17 @@ class Settings(BaseSettings):
     batch_queue_images: int = Field(
         8192, ge=1, description="Images waiting for inference before new requests get 503."
     )
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy_parses(cls, value: str) -> str:
+        try:
+            return str(VersionPolicy.parse(value))
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy.parse(self.version_policy)
 
     def worker_processes(self) -> int:
         return self.workers or available_cpus()

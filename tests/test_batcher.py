@@ -33,7 +33,7 @@ def make_batcher(model: RecordingModel, **overrides: float) -> Batcher:
     options.update(overrides)
     return Batcher(
         model,
-        Metrics(),
+        Metrics().of_version(1),
         max_batch_size=int(options["max_batch_size"]),
         max_delay_s=options["max_delay_s"],
         max_queued_images=int(options["max_queued_images"]),
@@ -121,7 +121,7 @@ async def test_a_model_failure_reaches_every_request_of_the_batch() -> None:
         def predict(self, images: np.ndarray) -> np.ndarray:
             raise RuntimeError("kernel exploded")
 
-    batcher = Batcher(BrokenModel(), Metrics(), 8, 0.01, 100)
+    batcher = Batcher(BrokenModel(), Metrics().of_version(1), 8, 0.01, 100)
     batcher.start()
     try:
         outcomes = await asyncio.gather(

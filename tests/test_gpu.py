@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.model_session import CPU, CUDA, ModelSession
+from service.models.session import CPU, CUDA, ModelSession
 from service.settings import Settings
 from tests.digits import encode
 from training.data import RawSplit

@@ -15,12 +15,11 @@ import tritonclient.http as triton  # type: ignore[import-untyped]
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from model_contract import MODEL_NAME
 from service.batcher import QueueFullError
 from service.errors import InputError, install_error_handlers
 from service.inference_protocol import (
     HEADER_LENGTH,
-    MODEL_NAME,
-    MODEL_VERSION,
     DecodedRequest,
     RequestedOutput,
     check_model,
@@ -29,7 +28,9 @@ from service.inference_protocol import (
     encode_response,
     model_config,
     model_metadata,
+    url_version,
 )
+from service.models.repository import VersionNotReadyError
 from service.routes.inference_protocol import router
 from service.settings import Settings
 
@@ -165,14 +166,14 @@ PROBABILITIES = RNG.random((3, 10), dtype=np.float32)
 @pytest.mark.parametrize("binary", [True, False])
 def test_responses_read_back_by_tritonclient(binary: bool) -> None:
     request = DecodedRequest("abc", FLOATS, (RequestedOutput("probabilities", binary),))
-    encoded = encode_response(PROBABILITIES, request)
+    encoded = encode_response(PROBABILITIES, request, "7")
     result = triton.InferenceServerClient.parse_response_body(
         encoded.body, header_length=encoded.header_length
     )
     np.testing.assert_array_equal(result.as_numpy("probabilities"), PROBABILITIES)
     response = result.get_response()
     assert response["id"] == "abc"
-    assert (response["model_name"], response["model_version"]) == (MODEL_NAME, MODEL_VERSION)
+    assert (response["model_name"], response["model_version"]) == (MODEL_NAME, "7")
     [output] = response["outputs"]
     assert (output["datatype"], output["shape"]) == ("FP32", [3, 10])
     if binary:
@@ -190,7 +191,7 @@ def test_responses_read_back_by_tritonclient(binary: bool) -> None:
 
 def test_a_response_without_request_id_has_no_id() -> None:
     request = DecodedRequest(None, FLOATS, (RequestedOutput("probabilities", False),))
-    assert "id" not in orjson.loads(encode_response(PROBABILITIES, request).body)
+    assert "id" not in orjson.loads(encode_response(PROBABILITIES, request, "1").body)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,23 +408,36 @@ def test_bad_compressed_bodies_are_refused(body: bytes, encoding: str, status: i
     assert error.value.status == status
 
 
-@pytest.mark.parametrize("version", [None, "", "1"])
-def test_the_served_model_is_found(version: str | None) -> None:
-    check_model("mnist", version)
+def test_the_served_model_is_found() -> None:
+    check_model("mnist")
 
 
-@pytest.mark.parametrize(("name", "version"), [("resnet", None), ("mnist", "2"), ("MNIST", "1")])
-def test_unknown_models_and_versions_are_404(name: str, version: str | None) -> None:
+@pytest.mark.parametrize("name", ["resnet", "MNIST", ""])
+def test_unknown_models_are_404(name: str) -> None:
     with pytest.raises(InputError) as error:
-        check_model(name, version)
+        check_model(name)
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize(("text", "version"), [(None, None), ("", None), ("1", 1), ("12", 12)])
+def test_url_versions_are_positive_integers_or_left_out(
+    text: str | None, version: int | None
+) -> None:
+    assert url_version(text) == version
+
+
+@pytest.mark.parametrize("text", ["0", "01", "-1", "v2", "1.0", "latest"])
+def test_what_no_version_can_be_called_is_404(text: str) -> None:
+    with pytest.raises(InputError) as error:
+        url_version(text)
     assert error.value.status == 404
 
 
 def test_metadata_describes_the_onnx_model_with_a_variable_batch() -> None:
-    metadata = model_metadata().model_dump()
+    metadata = model_metadata([1, 3]).model_dump()
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
-    assert metadata["versions"] == [MODEL_VERSION]
+    assert metadata["versions"] == ["1", "3"]
 
 
 def test_config_leaves_the_batch_out_of_dims_and_takes_its_limits_from_settings() -> None:
@@ -437,14 +451,15 @@ def test_config_leaves_the_batch_out_of_dims_and_takes_its_limits_from_settings(
 
 
 # --------------------------------------------------------------------------------------
-# The router in-process, around a stand-in batcher: failures keep the protocol's form
+# The router in-process, around a stand-in repository: failures keep the protocol's form
 # --------------------------------------------------------------------------------------
 
 
-class StandInBatcher:
-    def __init__(self, failure: Exception | None = None, running: bool = True):
+class StandInVersion:
+    name, model_id = "4", "stand-in"
+
+    def __init__(self, failure: Exception | None):
         self.failure = failure
-        self.running = running
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         if self.failure is not None:
@@ -452,41 +467,68 @@ class StandInBatcher:
         return np.full((len(images), 10), 0.1, np.float32)
 
 
-def protocol_client(batcher: StandInBatcher) -> TestClient:
+class StandInRepository:
+    def __init__(self, failure: Exception | None = None, ready: bool = True):
+        self.failure = failure
+        self.ready = ready
+
+    def ready_versions(self) -> list[int]:
+        return [4] if self.ready else []
+
+    def resolve(self, version: int | None = None) -> StandInVersion:
+        if not self.ready or version not in (None, 4):
+            raise VersionNotReadyError(version, self.ready_versions())
+        return StandInVersion(self.failure)
+
+
+def protocol_client(repository: StandInRepository) -> TestClient:
     app = FastAPI()
-    app.state.settings, app.state.batcher = Settings(), batcher
+    app.state.settings, app.state.repository = Settings(), repository
     install_error_handlers(app)
     app.include_router(router)
     # Server errors are answered, not raised into the test.
     return TestClient(app, raise_server_exceptions=False)
 
 
-def infer(client: TestClient) -> Any:
-    return client.post("/v2/models/mnist/infer", content=json_body(inputs=[image_input()]))
+def infer(client: TestClient, url: str = "/v2/models/mnist/infer") -> Any:
+    return client.post(url, content=json_body(inputs=[image_input()]))
 
 
 def test_an_inference_failure_is_a_500_in_the_protocol_form() -> None:
-    response = infer(protocol_client(StandInBatcher(RuntimeError("onnxruntime broke"))))
+    response = infer(protocol_client(StandInRepository(RuntimeError("onnxruntime broke"))))
     assert response.status_code == 500
     assert response.json() == {"error": "internal server error: see the server log"}
 
 
 def test_a_full_queue_is_a_503_with_retry_after() -> None:
-    response = infer(protocol_client(StandInBatcher(QueueFullError(8192, 8192))))
+    response = infer(protocol_client(StandInRepository(QueueFullError(8192, 8192))))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "server busy" in response.json()["error"]
 
 
-def test_a_stopped_batcher_is_not_ready() -> None:
-    client = protocol_client(StandInBatcher(running=False))
+def test_a_repository_with_no_ready_version_is_not_ready_and_answers_503() -> None:
+    client = protocol_client(StandInRepository(ready=False))
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 503
     assert client.get("/v2/models/mnist/ready").json() == {"name": "mnist", "ready": False}
+    response = infer(client)
+    assert response.status_code == 503
+    assert "no ready version" in response.json()["error"]
+
+
+def test_a_version_that_is_not_ready_is_404_and_not_ready() -> None:
+    client = protocol_client(StandInRepository())
+    assert client.get("/v2/models/mnist/versions/4/ready").status_code == 200
+    assert client.get("/v2/models/mnist/versions/5/ready").status_code == 404
+    response = infer(client, "/v2/models/mnist/versions/5/infer")
+    assert response.status_code == 404
+    assert "ready versions are [4]" in response.json()["error"]
 
 
 def test_the_stand_in_answers_when_nothing_fails() -> None:
-    response = infer(protocol_client(StandInBatcher()))
+    response = infer(protocol_client(StandInRepository()))
     assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "4"
     [output] = response.json()["outputs"]
     assert output["shape"] == [1, 10]

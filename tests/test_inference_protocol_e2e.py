@@ -187,7 +187,7 @@ def test_concurrent_clients_each_get_their_own_answer(
     ("model", "version", "status", "phrase"),
     [
         ("resnet50", "", "404", "unknown model 'resnet50'"),
-        ("mnist", "2", "404", "has no version '2'"),
+        ("mnist", "2", "404", "has no ready version 2"),
     ],
 )
 def test_tritonclient_sees_unknown_models_and_versions_as_404(
@@ -226,7 +226,7 @@ def test_raw_http_errors_use_the_protocol_form(base_url: str) -> None:
         infer = "/v2/models/mnist/infer"
         assert "not valid JSON" in error_of(http.post(infer, content=b'{"inputs": ['), 400)
         assert "unknown model" in error_of(http.get("/v2/models/other"), 404)
-        assert "no version '9'" in error_of(http.get("/v2/models/mnist/versions/9/ready"), 404)
+        assert "no ready version 9" in error_of(http.get("/v2/models/mnist/versions/9/ready"), 404)
         too_many = {
             "inputs": [
                 {

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.model_session import CUDA, ModelLoadError, ModelSession
+from service.models.session import CUDA, ModelLoadError, ModelSession
 
 
 def test_cpu_is_forced_by_device_cpu(trained_model_path: Path) -> None:

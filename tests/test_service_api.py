@@ -36,7 +36,8 @@ def run_reference(session: ort.InferenceSession, images: np.ndarray) -> np.ndarr
 def predictions(response: Any) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"predictions", "model"}
+    assert set(body) == {"predictions", "model", "model_version"}
+    assert body["model_version"] == "1"  # one model file: version 1
     return list(body["predictions"])
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +16,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from model_contract import ModelCard, ModelSummary, SelfTest
 from training import export
 from training.card import build_model_card
 from training.data import load_dataset
-from training.export import ExportError, atomic_output, save, to_onnx, verify_export
+from training.export import (
+    ExportError,
+    build_self_test,
+    reference_digits,
+    save,
+    to_onnx,
+    verify_export,
+)
 from training.model import LOSS, OPTIMIZER, build_model, describe_model
-from training.schemas import ModelCard, ModelSummary
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Exported:
     path: Path
     images: npt.NDArray[np.float32]
     card: ModelCard
+    self_test: SelfTest
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +50,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, mnist_offline_dir: Path) 
     images = dataset.test.images[:300]
     card = build_model_card(
         model=model,
+        version=3,
         dataset="mnist",
         class_names=list(dataset.class_names),
         train_size=500,
@@ -60,8 +67,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory, mnist_offline_dir: Path) 
         seed=0,
     )
     path = tmp_path_factory.mktemp("export") / "mnist.onnx"
-    save(to_onnx(model, describe_model(model), card), path)
-    return Exported(model=model, path=path, images=images, card=card)
+    self_test = build_self_test(model, images[reference_digits(dataset.test.labels[:300])])
+    save(to_onnx(model, describe_model(model), card, self_test), path)
+    return Exported(model=model, path=path, images=images, card=card, self_test=self_test)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +144,7 @@ def test_model_card_metadata(exported: Exported, session: ort.InferenceSession) 
         "seed",
     } <= set(card)
     assert re.fullmatch(r"mnist-convnet-20250102T030405Z-[0-9a-f]{8}", card["id"])
+    assert card["version"] == 3
     assert card["trained_at"] == "2025-01-02T03:04:05Z"
     assert set(card["library_versions"]) == {"tensorflow", "keras", "tf2onnx", "onnx", "python"}
     assert card["library_versions"]["tf2onnx"] == "1.17.0"
@@ -156,6 +165,7 @@ def _card_arguments(exported: Exported) -> dict[str, Any]:
     card = exported.card
     return {
         "model": exported.model,
+        "version": card.version,
         "dataset": card.dataset,
         "class_names": card.class_names,
         "train_size": card.train_size,
@@ -191,8 +201,38 @@ def test_verify_export_rejects_missing_metadata(exported: Exported, tmp_path: Pa
     broken = tmp_path / "no-summary.onnx"
     save(proto, broken)
 
-    with pytest.raises(ExportError, match="metadata_props has no 'summary'"):
+    with pytest.raises(ExportError, match="metadata 'summary' is missing"):
         verify_export(broken, exported.model, exported.images)
+
+
+def test_the_self_test_holds_one_digit_of_each_class_and_keras_answers(
+    exported: Exported, session: ort.InferenceSession
+) -> None:
+    stored = SelfTest.model_validate_json(session.get_modelmeta().custom_metadata_map["self_test"])
+    pixels = stored.pixels()
+    assert pixels.shape == (10, 28, 28, 1)
+    expected = np.asarray(exported.model(pixels, training=False))
+    np.testing.assert_allclose(stored.probabilities, expected, atol=1e-6)
+    assert stored.failure(session.run(["probabilities"], {"image": pixels})[0]) is None
+
+
+def test_verify_export_rejects_a_self_test_the_model_fails(
+    exported: Exported, tmp_path: Path
+) -> None:
+    proto = onnx.load(str(exported.path))
+    wrong = SelfTest.of(
+        np.rint(exported.self_test.pixels()[..., 0] * 255),
+        np.full((10, 10), 0.1),
+        exported.self_test.tolerance,
+    )
+    for prop in proto.metadata_props:
+        if prop.key == "self_test":
+            prop.value = wrong.model_dump_json()
+    tampered = tmp_path / "tampered.onnx"
+    save(proto, tampered)
+
+    with pytest.raises(ExportError, match="self-test failed"):
+        verify_export(tampered, exported.model, exported.images)
 
 
 def test_verify_export_needs_256_images(exported: Exported) -> None:
@@ -205,25 +245,3 @@ def test_verify_export_rejects_an_unloadable_file(exported: Exported, tmp_path: 
     garbage.write_bytes(b"not a model")
     with pytest.raises(ExportError, match="onnxruntime cannot load it"):
         verify_export(garbage, exported.model, exported.images)
-
-
-def _write_then_fail(target: Path) -> None:
-    with atomic_output(target) as staged:
-        staged.write_bytes(b"half-written")
-        raise RuntimeError("export failed")
-
-
-def test_atomic_output_replaces_only_on_success(tmp_path: Path) -> None:
-    target = tmp_path / "models" / "mnist.onnx"
-    with atomic_output(target) as staged:
-        assert staged.parent == target.parent
-        staged.write_bytes(b"first")
-    assert target.read_bytes() == b"first"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
-
-    with pytest.raises(RuntimeError, match="export failed"):
-        _write_then_fail(target)
-    assert target.read_bytes() == b"first"
-    assert os.listdir(target.parent) == ["mnist.onnx"]

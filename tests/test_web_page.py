@@ -300,6 +300,8 @@ def test_the_layer_table_comes_from_the_summary(page: Page, base_url: str) -> No
     accuracy = summary["model_card"]["test_accuracy"]
     assert (page.text_content("#fact-accuracy") or "").startswith(f"{accuracy * 100:.2f}%")
     assert page.text_content("#fact-model") == summary["model"]
+    assert page.text_content("#fact-version") == summary["model_version"] == "1"
+    assert page.text_content("#model-badge-text") == "Model version 1 ready on CPU"
     assert (page.text_content("#fact-provider") or "").startswith("CPU")
 
 

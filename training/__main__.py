@@ -1,8 +1,10 @@
-"""Train the reference convnet, report on it, and publish it as one verified ONNX file.
+"""Train the reference convnet, report on it, and publish it as one verified ONNX model.
 
 Reads like keras-io's mnist_convnet.py (data, model, fit, evaluate), then does what a
 production job adds: a report, an accuracy gate, the export, a self-check, and an atomic
-publish. A run that fails anywhere leaves the model already at ``--output`` untouched.
+publish, either as the next version of a model repository (``--repository``, which a
+running service picks up by itself) or as one file (``--output``). A run that fails
+anywhere publishes nothing and leaves what was published before untouched.
 
 Exit codes: 0 published; 1 accuracy gate or export check failed; 2 bad data or usage.
 """
@@ -18,7 +20,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from model_contract import MODEL_FILENAME, model_dir
 from training.data import DATASETS, Dataset, DatasetError, hold_out, load_dataset
+from training.publish import atomic_output, publish_version
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -74,15 +78,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="random share of the training images held out to validate each epoch",
     )
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, logged")
-    parser.add_argument("--output", type=Path, default=Path("models/mnist.onnx"))
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="model repository to publish the next version into: DIR/mnist/<version>/, with "
+        "model.onnx and the reports",
+    )
+    target.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="one ONNX file to replace instead (default without --repository: models/mnist.onnx)",
+    )
+    parser.add_argument(
+        "--reports-dir",
+        type=Path,
+        default=None,
+        help="where the reports go too (default: the version directory with --repository, "
+        "else reports/)",
+    )
     parser.add_argument(
         "--min-accuracy",
         type=_fraction(upper_inclusive=True),
         default=0.0,
         help="refuse to publish a model whose test accuracy is lower (0-1)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repository is None:
+        args.output = args.output or Path("models/mnist.onnx")
+        args.reports_dir = args.reports_dir or Path("reports")
+    return args
 
 
 def _check_writable(directory: Path, what: str) -> str | None:
@@ -97,11 +124,15 @@ def _check_writable(directory: Path, what: str) -> str | None:
 
 
 def _preflight(args: argparse.Namespace) -> str | None:
-    if args.output.is_dir():
+    if args.repository is not None:
+        problem = _check_writable(model_dir(args.repository), "--repository model directory")
+    elif args.output.is_dir():
         return f"--output {args.output} is a directory; give a file path such as models/mnist.onnx"
-    return _check_writable(args.output.parent, "--output directory") or _check_writable(
-        args.reports_dir, "--reports-dir"
-    )
+    else:
+        problem = _check_writable(args.output.parent, "--output directory")
+    if problem is None and args.reports_dir is not None:
+        problem = _check_writable(args.reports_dir, "--reports-dir")
+    return problem
 
 
 def epoch_log(epochs: int) -> object:
@@ -154,7 +185,14 @@ def train_and_publish(args: argparse.Namespace, data: Dataset, seed: int) -> int
     import keras
 
     from training.card import build_model_card
-    from training.export import ExportError, atomic_output, save, to_onnx, verify_export
+    from training.export import (
+        ExportError,
+        build_self_test,
+        reference_digits,
+        save,
+        to_onnx,
+        verify_export,
+    )
     from training.model import LOSS, OPTIMIZER, build_model, describe_model
     from training.report import build_metrics, write_report
 
@@ -198,48 +236,68 @@ def train_and_publish(args: argparse.Namespace, data: Dataset, seed: int) -> int
         history=history.history,
         training_seconds=training_seconds,
     )
-    for path in write_report(metrics, args.reports_dir):
-        say(f"wrote {path}")
+    if args.reports_dir is not None:
+        for path in write_report(metrics, args.reports_dir):
+            say(f"wrote {path}")
+    published = "nothing published" if args.repository else f"{args.output} left as it was"
 
-    # Gate: checked before export, so a worse model never reaches --output
+    # Gate: checked before export, so a worse model is never published
     if test_accuracy < args.min_accuracy:
         fail(
             f"test accuracy {test_accuracy:.4f} is below --min-accuracy {args.min_accuracy}; "
-            f"not exporting, {args.output} left as it was"
+            f"not exporting, {published}"
         )
         return EXIT_FAILED
 
     # Export, verify, publish
-    card = build_model_card(
-        model=model,
-        dataset=data.name,
-        class_names=list(data.class_names),
-        train_size=len(train),
-        test_size=len(data.test),
-        validation_split=args.validation_split,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=OPTIMIZER,
-        loss=LOSS,
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        training_seconds=training_seconds,
-        trained_at=trained_at,
-        seed=seed,
-    )
+    def export(path: Path, version: int | None) -> float:
+        """Write the verified model to ``path``; return its largest difference from Keras."""
+        card = build_model_card(
+            model=model,
+            version=version,
+            dataset=data.name,
+            class_names=list(data.class_names),
+            train_size=len(train),
+            test_size=len(data.test),
+            validation_split=args.validation_split,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=OPTIMIZER,
+            loss=LOSS,
+            test_accuracy=test_accuracy,
+            test_loss=test_loss,
+            training_seconds=training_seconds,
+            trained_at=trained_at,
+            seed=seed,
+        )
+        say(f"exporting {card.id}" + (f" as version {version}" if version else ""))
+        save(to_onnx(model, describe_model(model), card, self_test), path)
+        return verify_export(path, model, data.test.images[:PARITY_IMAGES])
+
+    self_test = build_self_test(model, data.test.images[reference_digits(data.test.labels)])
+    differences: list[float] = []
     try:
-        with atomic_output(args.output) as staged:
-            save(to_onnx(model, describe_model(model), card), staged)
-            difference = verify_export(staged, model, data.test.images[:PARITY_IMAGES])
+        if args.repository is not None:
+
+            def build(directory: Path, version: int) -> None:
+                differences.append(export(directory / MODEL_FILENAME, version))
+                write_report(metrics, directory)
+
+            version = publish_version(args.repository, build)
+            target = model_dir(args.repository) / str(version) / MODEL_FILENAME
+        else:
+            with atomic_output(args.output) as staged:
+                differences.append(export(staged, None))
+            target = args.output
     except ExportError as exc:
-        fail(f"export check failed, {args.output} left as it was: {exc}")
+        fail(f"export check failed, {published}: {exc}")
         return EXIT_FAILED
     except OSError as exc:
-        fail(f"cannot write {args.output}: {exc}")
+        fail(f"cannot publish to {args.repository or args.output}: {exc}")
         return EXIT_FAILED
     say(
-        f"published {args.output} ({args.output.stat().st_size:,} bytes, id {card.id}); "
-        f"max |onnx - keras| = {difference:.1e} on {min(len(data.test), PARITY_IMAGES)} images"
+        f"published {target} ({target.stat().st_size:,} bytes); max |onnx - keras| = "
+        f"{differences[-1]:.1e} on {min(len(data.test), PARITY_IMAGES)} images"
     )
     return EXIT_OK
 

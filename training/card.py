@@ -10,8 +10,8 @@ from importlib import metadata
 import keras
 import numpy as np
 
+from model_contract import LibraryVersions, ModelCard
 from training.revision import git_commit
-from training.schemas import LibraryVersions, ModelCard
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -51,6 +51,7 @@ def library_versions() -> LibraryVersions:
 def build_model_card(
     *,
     model: keras.Model,
+    version: int | None,
     dataset: str,
     class_names: list[str],
     train_size: int,
@@ -68,6 +69,7 @@ def build_model_card(
 ) -> ModelCard:
     return ModelCard(
         id=model_id(dataset, trained_at, weights_digest(model)),
+        version=version,
         dataset=dataset,
         class_names=class_names,
         train_size=train_size,

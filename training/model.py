@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from training.schemas import LayerSummary, ModelSummary
+from model_contract import INPUT_NAME, LayerSummary, ModelSummary
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
@@ -14,7 +14,7 @@ LOSS = "categorical_crossentropy"
 def build_model() -> keras.Sequential:
     model = keras.Sequential(
         [
-            keras.Input(shape=(28, 28, 1), name="image"),
+            keras.Input(shape=(28, 28, 1), name=INPUT_NAME),
             layers.Conv2D(32, kernel_size=(3, 3), activation="relu", name="conv_1"),
             layers.MaxPooling2D(pool_size=(2, 2), name="pool_1"),
             layers.Conv2D(64, kernel_size=(3, 3), activation="relu", name="conv_2"),

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.dependencies import BatcherDep
+from service.dependencies import RepositoryDep
 from service.schemas import HealthResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -17,12 +17,12 @@ async def live() -> HealthResponse:
 @router.get(
     "/ready",
     response_model=HealthResponse,
-    summary="The model is loaded and warmed up, and inference is running",
+    summary="At least one model version is loaded, self-tested and taking requests",
     responses={503: {"model": HealthResponse}},
 )
-async def ready(batcher: BatcherDep) -> HealthResponse | JSONResponse:
-    # The lifespan loads and warms the model before the server accepts connections, so
-    # only a stopped batcher (shutdown) makes this fail.
-    if not batcher.running:
+async def ready(repository: RepositoryDep) -> HealthResponse | JSONResponse:
+    # Never "ready without a model": a repository with nothing servable yet, or everything
+    # unloaded by model control, answers 503 so that no traffic is sent here.
+    if not repository.ready:
         return JSONResponse({"status": "not ready"}, 503)
     return HealthResponse(status="ready")

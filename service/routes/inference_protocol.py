@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from model_contract import MODEL_NAME
 from service import inference_protocol as protocol
-from service.dependencies import BatcherDep, ModelDep, SettingsDep
+from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.protocol_schemas import (
     ErrorResponse,
@@ -64,11 +65,11 @@ class ProtocolRoute(APIRoute):
         return handle
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
     for code, why in {
         400: "Malformed or wrong request: JSON, datatype, shape, values, outputs.",
-        404: "Unknown model or version.",
+        404: "Unknown model, or a version that is not ready.",
         413: "Too many images in one request, or a body over the limit.",
         415: "Content-Encoding not supported.",
         503: "Not ready, or the queue is full: retry after the Retry-After seconds.",
@@ -76,29 +77,31 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(
-    prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute, responses=_ERRORS
+    prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute, responses=ERRORS
 )
 
 
-async def _served_model(
+async def _version_in_url(
     request: Request, model_name: Annotated[str, Path(description='The model: "mnist".')]
-) -> None:
+) -> int | None:
+    """The version the URL names (None without one), once the model name is checked."""
+    protocol.check_model(model_name)
     # The version comes from path_params so that routes without {model_version} do not
     # take it as a query parameter; _VERSIONED documents it where it is in the path.
-    protocol.check_model(model_name, request.path_params.get("model_version"))
+    return protocol.url_version(request.path_params.get("model_version"))
 
 
 # Handlers and this dependency are async: they never block, and sync ones would each
 # cost a trip through the thread pool.
-ServedModel = Annotated[None, Depends(_served_model)]
+UrlVersion = Annotated[int | None, Depends(_version_in_url)]
 _VERSIONED: dict[str, Any] = {
     "parameters": [
         {
             "name": "model_version",
             "in": "path",
             "required": True,
-            "schema": {"type": "string"},
-            "description": f'The model version: "{protocol.MODEL_VERSION}".',
+            "schema": {"type": "string", "pattern": "^[1-9][0-9]*$", "example": "1"},
+            "description": "A ready version of the model: see GET /v2/models/mnist.",
         }
     ]
 }
@@ -117,8 +120,8 @@ async def live() -> LiveResponse:
 
 
 @router.get("/health/ready", response_model=ReadyResponse, summary="The server can infer")
-async def ready(batcher: BatcherDep) -> ReadyResponse | Response:
-    if not batcher.running:
+async def ready(repository: RepositoryDep) -> ReadyResponse | Response:
+    if not repository.ready:
         return JSONResponse({"ready": False}, 503)
     return ReadyResponse(ready=True)
 
@@ -132,10 +135,14 @@ async def ready(batcher: BatcherDep) -> ReadyResponse | Response:
     summary="This model version can infer",
     openapi_extra=_VERSIONED,
 )
-async def model_ready(_: ServedModel, batcher: BatcherDep) -> ModelReadyResponse | Response:
-    if not batcher.running:
-        return JSONResponse({"name": protocol.MODEL_NAME, "ready": False}, 503)
-    return ModelReadyResponse(name=protocol.MODEL_NAME, ready=True)
+async def model_ready(
+    version: UrlVersion, repository: RepositoryDep
+) -> ModelReadyResponse | Response:
+    if version is not None:
+        repository.resolve(version)  # 404, as for the version's other endpoints
+    elif not repository.ready:
+        return JSONResponse({"name": MODEL_NAME, "ready": False}, 503)
+    return ModelReadyResponse(name=MODEL_NAME, ready=True)
 
 
 @router.get("/models/{model_name}", response_model=ModelMetadataResponse, summary="Model metadata")
@@ -145,8 +152,10 @@ async def model_ready(_: ServedModel, batcher: BatcherDep) -> ModelReadyResponse
     summary="Model version metadata",
     openapi_extra=_VERSIONED,
 )
-async def model_metadata(_: ServedModel) -> ModelMetadataResponse:
-    return protocol.model_metadata()
+async def model_metadata(version: UrlVersion, repository: RepositoryDep) -> ModelMetadataResponse:
+    if version is not None:
+        repository.resolve(version)  # 404 unless that version is ready
+    return protocol.model_metadata(repository.ready_versions())
 
 
 @router.get(
@@ -161,10 +170,12 @@ async def model_metadata(_: ServedModel) -> ModelMetadataResponse:
     openapi_extra=_VERSIONED,
 )
 async def model_config(
-    _: ServedModel, model: ModelDep, settings: SettingsDep
+    version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
 ) -> ModelConfigResponse:
     return protocol.model_config(
-        model.model_id, settings.max_images_per_request, settings.batch_max_delay_ms
+        repository.resolve(version).model_id,
+        settings.max_images_per_request,
+        settings.batch_max_delay_ms,
     )
 
 
@@ -198,7 +209,7 @@ _INFER_BODY: dict[str, Any] = {
     openapi_extra={**_INFER_BODY, **_VERSIONED},
 )
 async def infer(
-    request: Request, _: ServedModel, batcher: BatcherDep, settings: SettingsDep
+    request: Request, version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
 ) -> Response:
     body = protocol.decompress(
         await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
@@ -206,8 +217,10 @@ async def infer(
     decoded = protocol.decode_request(
         body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
     )
-    probabilities = await batcher.predict(decoded.images)
-    encoded = protocol.encode_response(probabilities, decoded)
+    # Resolved only now, and run at once: the whole request runs on the version it got.
+    served = repository.resolve(version)
+    probabilities = await served.predict(decoded.images)
+    encoded = protocol.encode_response(probabilities, decoded, served.name)
     headers = None
     if encoded.header_length is not None:
         headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}
@@ -235,6 +248,6 @@ async def not_implemented(request: Request, path: str) -> Response:
             )
     return protocol_error(
         f"no endpoint /v2/{path}: this server implements the protocol's health, metadata, "
-        "model config and infer endpoints",
+        "model config, infer and model repository endpoints",
         404,
     )

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from model_contract import parse_version
 from service import preprocessing
-from service.dependencies import BatcherDep, ModelDep, SettingsDep
+from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.schemas import ErrorResponse, PredictJSONRequest, PredictResponse
 from service.settings import Settings
@@ -20,8 +21,15 @@ _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp
 # A bar three pixels wide: the model reads it as a 1.
 _ONE = [[1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(28)] for r in range(28)]
 
-# Documented here but read only for raw tensors: FastAPI would parse them on every request.
-_TENSOR_PARAMETERS = [
+# Documented here but read by hand where used: FastAPI would parse them on every request.
+_PARAMETERS = [
+    {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "The model version to answer with; default: the highest ready one.",
+    },
     {
         "name": "dtype",
         "in": "query",
@@ -39,7 +47,7 @@ _TENSOR_PARAMETERS = [
 ]
 
 _OPENAPI_BODY: dict[str, Any] = {
-    "parameters": _TENSOR_PARAMETERS,
+    "parameters": _PARAMETERS,
     "requestBody": {
         "required": True,
         "description": (
@@ -85,9 +93,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, why in {
         400: "Malformed body: invalid JSON, truncated image file, broken multipart.",
         413: "Body, image dimensions or number of images over the limits.",
+        404: "The version asked for is not ready.",
         415: "Content type or image format not accepted.",
-        422: "Well-formed but wrong: shapes, value ranges, NaN, blank image.",
-        503: "Queue full: retry after the Retry-After seconds.",
+        422: "Well-formed but wrong: shapes, value ranges, NaN, blank image, version.",
+        503: "No version ready yet, or queue full: retry after the Retry-After seconds.",
     }.items()
 }
 
@@ -99,12 +108,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
     openapi_extra=_OPENAPI_BODY,
 )
-async def predict(
-    request: Request, model: ModelDep, batcher: BatcherDep, settings: SettingsDep
-) -> Response:
+async def predict(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
+    version = requested_version(request.query_params.get("version"))
     images = await _read_images(request, settings)
-    probabilities = await batcher.predict(images)
-    return Response(_predictions_json(probabilities, model.model_id), media_type="application/json")
+    # Resolved only now, and run at once: the whole request runs on the version it got.
+    served = repository.resolve(version)
+    probabilities = await served.predict(images)
+    return Response(
+        _predictions_json(probabilities, served.model_id, served.name),
+        media_type="application/json",
+    )
+
+
+def requested_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    version = parse_version(text.strip())
+    if version is None:
+        raise InputError(f"version {text!r} is not a positive integer: e.g. ?version=2")
+    return version
 
 
 async def _read_images(request: Request, settings: Settings) -> np.ndarray:
@@ -200,12 +222,13 @@ def _parse_shape(shape: str) -> tuple[int, ...]:
         ) from None
 
 
-def _predictions_json(probabilities: np.ndarray, model_id: str) -> bytes:
+def _predictions_json(probabilities: np.ndarray, model_id: str, version: str) -> bytes:
     digits = probabilities.argmax(axis=1).tolist()
     predictions = [
         {"digit": d, "confidence": float(row[d]), "probabilities": row}
         for d, row in zip(digits, probabilities, strict=True)
     ]
     return orjson.dumps(
-        {"predictions": predictions, "model": model_id}, option=orjson.OPT_SERIALIZE_NUMPY
+        {"predictions": predictions, "model": model_id, "model_version": version},
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )

@@ -179,7 +179,11 @@
       showError("The answer was not understood", "The service sent no prediction; try again.");
       return;
     }
-    showPrediction(prediction, performance.now() - started);
+    showPrediction(prediction, performance.now() - started, String(body.model_version));
+    // A new version was rolled out since the page loaded: show what answers now.
+    if (body.model_version !== undefined && String(body.model_version) !== servingVersion) {
+      loadSummary();
+    }
   }
 
   function errorTitleFor(code) {
@@ -246,13 +250,13 @@
     result.dataset.state = state;
   }
 
-  function showPrediction(prediction, elapsedMs) {
+  function showPrediction(prediction, elapsedMs, version) {
     const confidence = Number(prediction.confidence);
     hideError();
     answerDigit.textContent = String(prediction.digit);
     answerConfidence.textContent = `${percent(confidence)} confident`;
     confidenceFill.style.width = `${confidence * 100}%`;
-    timing.textContent = `Answered in ${Math.round(elapsedMs)} ms`;
+    timing.textContent = `Answered in ${Math.round(elapsedMs)} ms by model version ${version}`;
     setBars(prediction.probabilities, prediction.digit);
     status.textContent = `Predicted digit ${prediction.digit}, ${percent(confidence)} confident.`;
     setState(timer ? "pending" : "done");
@@ -399,6 +403,8 @@
     $("total-params").textContent = numbers.format(summary.total_params);
     $("fact-params").textContent = numbers.format(summary.total_params);
     $("fact-model").textContent = data.model;
+    servingVersion = String(data.model_version);
+    $("fact-version").textContent = servingVersion;
     const accuracy = Number(card.test_accuracy);
     const tested = card.test_size ? ` on ${numbers.format(card.test_size)} digits` : "";
     $("fact-accuracy").textContent = Number.isFinite(accuracy)
@@ -409,9 +415,11 @@
     const providerFact = $("fact-provider");
     providerFact.textContent = `${runsOn} · onnxruntime`;
     providerFact.title = providers.join(", ");
-    $("model-badge-text").textContent = `Model ready on ${runsOn}`;
+    $("model-badge-text").textContent = `Model version ${servingVersion} ready on ${runsOn}`;
     $("model-badge").hidden = false;
   }
+
+  let servingVersion = null;
 
   async function loadSummary() {
     const problem = $("summary-error");

@@ -1,6 +1,5 @@
-"""The onnxruntime session for the digit model, and everything the ONNX file says about itself."""
+"""One onnxruntime session of the digit model, checked against the contract before use."""
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -8,21 +7,22 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from model_contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, ContractError, check_session
+
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-IMAGE_SHAPE = (28, 28, 1)
-CLASSES = 10
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class ModelLoadError(Exception):
-    """The model file cannot be served; the message names the path and the reason."""
+    """The model file cannot be served; ``reason`` says why, the message adds the path."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"cannot load model {path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class ModelSession:
@@ -31,7 +31,7 @@ class ModelSession:
     def __init__(
         self,
         path: Path,
-        device: Literal["auto", "cpu", "cuda"] = "auto",
+        device: Device = "auto",
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
     ):
@@ -58,11 +58,14 @@ class ModelSession:
             raise ModelLoadError(
                 path, f"MNIST_DEVICE=cuda but onnxruntime fell back to {self.providers}"
             )
-        _check_signature(self._session, path)
-        metadata = self._session.get_modelmeta().custom_metadata_map
-        self.summary: dict[str, Any] = _json_metadata(metadata, "summary", path)
-        self.card: dict[str, Any] = _json_metadata(metadata, "model_card", path)
-        self.model_id = str(self.card.get("id", path.stem))
+        try:
+            metadata = check_session(self._session)
+        except ContractError as exc:
+            raise ModelLoadError(path, str(exc)) from None
+        self.summary: dict[str, Any] = metadata.summary.model_dump()
+        self.card: dict[str, Any] = metadata.card.model_dump()
+        self.model_id = metadata.card.id
+        self._self_test = metadata.self_test
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 28, 28, 1) in [0, 1] -> float32 (N, 10) probabilities."""
@@ -73,6 +76,15 @@ class ModelSession:
         # The first runs allocate arenas and pick kernels: pay for that before traffic does.
         for n in batch_sizes:
             self.predict(np.zeros((n, *IMAGE_SHAPE), np.float32))
+
+    def self_test(self) -> None:
+        """Run the training job's reference digits here, on this device; refuse other answers."""
+        try:
+            failure = self._self_test.failure(self.predict(self._self_test.pixels()))
+        except ContractError as exc:
+            failure = str(exc)
+        if failure:
+            raise ModelLoadError(self.path, failure)
 
     def io_specs(self) -> dict[str, list[dict[str, Any]]]:
         def spec(arg: Any) -> dict[str, Any]:
@@ -85,7 +97,7 @@ class ModelSession:
         }
 
 
-def _providers_for(device: str, path: Path) -> list[str]:
+def _providers_for(device: Device, path: Path) -> list[str]:
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]
@@ -98,33 +110,3 @@ def _providers_for(device: str, path: Path) -> list[str]:
             f"(available: {available}); install the `gpu` extra (onnxruntime-gpu)",
         )
     return [CPU]
-
-
-def _check_signature(session: ort.InferenceSession, path: Path) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-        raise ModelLoadError(
-            path,
-            f"expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', found inputs "
-            f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}",
-        )
-    if inputs[0].type != "tensor(float)" or list(inputs[0].shape[1:]) != list(IMAGE_SHAPE):
-        raise ModelLoadError(
-            path, f"input must be float32 [N, 28, 28, 1], is {inputs[0].type} {inputs[0].shape}"
-        )
-    if list(outputs[0].shape[1:]) != [CLASSES]:
-        raise ModelLoadError(path, f"output must be [N, 10], is {outputs[0].shape}")
-
-
-def _json_metadata(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any]:
-    if key not in metadata:
-        raise ModelLoadError(
-            path, f"metadata '{key}' is missing: export the model with mnist-train"
-        )
-    try:
-        value = json.loads(metadata[key])
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(path, f"metadata '{key}' is not JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(path, f"metadata '{key}' must be a JSON object")
-    return value
