@@ -30,6 +30,7 @@ COPY pyproject.toml uv.lock ./
 # The project, built once for all three images.
 FROM uv AS wheel
 COPY README.md ./
+COPY model_contract ./model_contract
 COPY service ./service
 COPY training ./training
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -68,20 +69,20 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/mnist
-# /models and /reports belong to the unprivileged user because Docker copies a mount point's
-# ownership into an empty named volume: the trainer, running as that user, can then write
-# into fresh `models` and `reports` volumes.
+# /models, the model repository, belongs to the unprivileged user because Docker copies a
+# mount point's ownership into an empty named volume: the trainer, running as that user,
+# can then publish versions into a fresh `models` volume.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/mnist \
         --shell /usr/sbin/nologin mnist \
-    && mkdir -p /models /reports \
-    && chown mnist:mnist /models /reports
+    && mkdir -p /models \
+    && chown mnist:mnist /models
 WORKDIR /home/mnist
 
 # What both API images share; they differ only in their venv and device.
 FROM runtime AS api
 ENV MNIST_HOST=0.0.0.0 \
     MNIST_PORT=8000 \
-    MNIST_MODEL_PATH=/models/mnist.onnx
+    MNIST_MODEL_REPOSITORY=/models
 EXPOSE 8000
 # urllib rather than curl: the slim base has no curl and the image needs none. MNIST_PORT is
 # read at check time, so a container that moves the port keeps a working healthcheck.
@@ -100,9 +101,10 @@ RUN --mount=type=bind,from=uv,source=/usr/local/bin/uv,target=/usr/local/bin/uv 
 ENV MPLBACKEND=Agg \
     TF_CPP_MIN_LOG_LEVEL=2
 USER 10001:10001
-# Arguments given to `docker run` come after these (e.g. --epochs 12 --data-dir /data), and
-# a later --output or --reports-dir wins over the defaults here.
-ENTRYPOINT ["mnist-train", "--output", "/models/mnist.onnx", "--reports-dir", "/reports"]
+# By default it publishes the next version into the repository at /models; arguments given
+# to `docker run` (or a pod's args) replace these, e.g. --repository /models --epochs 12.
+ENTRYPOINT ["mnist-train"]
+CMD ["--repository", "/models"]
 
 FROM api AS service-gpu
 COPY --from=gpu-deps /opt/venv /opt/venv

@@ -30,6 +30,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 export MNIST_OFFLINE_DATA="${MNIST_OFFLINE_DATA:-$(cd .. && pwd)/shared/data/mnist-offline}"
+export MNIST_FULL_DATA="${MNIST_FULL_DATA:-$(cd .. && pwd)/shared/data/mnist}"
 
 log "ruff"
 uv run --frozen ruff check .

@@ -69,6 +69,10 @@ class Batcher:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+            # The cancelled task keeps its CancelledError, whose traceback holds the frame
+            # that holds this batcher: a cycle that would keep the model's session (megabytes
+            # of native memory) alive until a full collection. Unloaded models must go now.
+            self._worker = None
         self._executor.shutdown(wait=True)
 
     async def predict(self, images: np.ndarray) -> np.ndarray:

@@ -48,11 +48,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageOps
 
+from model_contract import IMAGE_SHAPE
 from service.errors import InputError
 
 F32 = npt.NDArray[np.float32]
 
-SIDE: Final = 28
+SIDE: Final = IMAGE_SHAPE[0]
 PIXELS: Final = SIDE * SIDE
 DIGIT_BOX: Final = 20  # MNIST digits fill a 20x20 box inside the 28x28 field
 CENTRE: Final = 14.0  # where MNIST puts the centre of mass (row and column index)

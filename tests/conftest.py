@@ -43,6 +43,22 @@ def mnist_offline_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mnist_full_dir() -> Path:
+    """The complete official MNIST (60,000 + 10,000): $MNIST_FULL_DATA, else <repo>/../shared/
+    data/mnist. For the tests that must show the seed's accuracy; absent data fails them."""
+    configured = os.environ.get("MNIST_FULL_DATA")
+    directory = Path(configured) if configured else REPO_ROOT.parent / "shared/data/mnist"
+    missing = [name for name in OFFLINE_DATA_FILES if not (directory / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"full MNIST not found: {directory} lacks {', '.join(missing)}. "
+            "Set MNIST_FULL_DATA to a directory holding the four official IDX .gz files.",
+            pytrace=False,
+        )
+    return directory
+
+
+@pytest.fixture(scope="session")
 def trained_model_path(tmp_path_factory: pytest.TempPathFactory, mnist_offline_dir: Path) -> Path:
     """A real model trained once per session (2 epochs, 5,000 digits); its ONNX path.
 

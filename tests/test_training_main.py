@@ -9,6 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from model_contract import version_dir
 from tests.training_idx import idx_bytes, write_file, write_split_dir
 from training import export
 from training.__main__ import main
@@ -146,3 +147,59 @@ def test_session_model_is_published_with_its_card(trained_model_path: Path) -> N
         json.loads((reports / "metrics.json").read_text())["test_accuracy"]
         == (card["test_accuracy"])
     )
+
+
+def _repository_arguments(data_dir: Path, repository: Path, *extra: str) -> list[str]:
+    arguments = _arguments(data_dir, repository, *extra)
+    at = arguments.index("--output")
+    arguments[at : at + 4] = ["--repository", str(repository)]  # and no --reports-dir
+    return arguments
+
+
+def test_each_run_publishes_the_next_version_with_its_reports_and_number(
+    tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    for expected in (1, 2):
+        assert main(_repository_arguments(tiny_data_dir, tmp_path)) == 0
+        directory = version_dir(tmp_path, expected)
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "confusion_matrix.png",
+            "metrics.json",
+            "model.onnx",
+            "training_curves.png",
+        ]
+        session = ort.InferenceSession(
+            str(directory / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        card = json.loads(session.get_modelmeta().custom_metadata_map["model_card"])
+        assert card["version"] == expected
+    assert sorted(os.listdir(tmp_path / "mnist")) == ["1", "2"]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--min-accuracy", "0.999"], "below --min-accuracy"), ([], "export check failed")],
+)
+def test_a_refused_run_publishes_no_version(
+    tiny_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    if not extra:
+        monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
+    assert main(_repository_arguments(tiny_data_dir, tmp_path, *extra)) == 1
+    error = capsys.readouterr().err
+    assert message in error
+    assert "nothing published" in error
+    assert os.listdir(tmp_path / "mnist") == []
+
+
+def test_repository_and_output_are_one_or_the_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = [*_arguments(tmp_path, tmp_path), "--repository", str(tmp_path)]
+    assert main(arguments) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

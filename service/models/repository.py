@@ -174,11 +174,13 @@ class ModelRepository:
         while True:
             await asyncio.sleep(self._poll_s)
             try:
-                control = self._worker_state.read_control()
-                if control != self._control:
-                    logger.info("adopting model control from another worker: %s", control)
-                    self._control = control
-                await self.reconcile()
+                async with self._lock:
+                    # Read under the lock: a load or unload on this worker writes it there.
+                    control = self._worker_state.read_control()
+                    if control != self._control:
+                        logger.info("adopting model control from another worker: %s", control)
+                        self._control = control
+                    await self._reconcile()
             except Exception:  # one bad poll must not end polling
                 logger.exception("repository poll failed")
 

@@ -19,7 +19,10 @@ router = APIRouter(tags=["predict"])
 
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 # A bar three pixels wide: the model reads it as a 1.
-_ONE = [[1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(28)] for r in range(28)]
+_ONE = [
+    [1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(preprocessing.SIDE)]
+    for r in range(preprocessing.SIDE)
+]
 
 # Documented here but read by hand where used: FastAPI would parse them on every request.
 _PARAMETERS = [
