@@ -546,3 +546,16 @@ def test_the_local_overlay_changes_only_what_a_cluster_provides() -> None:
     settings = settings_of("overlays/local", "mnist-api-settings")
     assert settings["MNIST_HOST"] == "127.0.0.1"
     assert settings["MNIST_PORT"] not in {"8000", "18000"}
+
+
+def test_the_readme_deploy_section_names_every_overlay_and_the_hpa_bounds() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "## Deploy on Kubernetes" in readme
+    section = readme.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    for overlay in OVERLAYS:
+        assert f"`{overlay}/`" in section, f"the README does not mention {overlay}"
+    hpa = one("base", "HorizontalPodAutoscaler", "mnist-api")["spec"]
+    assert f"`maxReplicas: {hpa['maxReplicas']}`" in section
+    assert f"between {hpa['minReplicas']} replicas" in section
+    [cpu] = hpa["metrics"]
+    assert f"at {cpu['resource']['target']['averageUtilization']} % of its CPU" in section

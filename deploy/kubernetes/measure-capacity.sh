@@ -27,7 +27,7 @@ MNIST_MODEL_REPOSITORY="$repository" MNIST_WORKERS=1 MNIST_INTRA_OP_THREADS=1 MN
   MNIST_HOST=127.0.0.1 MNIST_PORT="$port" MNIST_LOG_LEVEL=warning \
   taskset -c 0 .venv/bin/mnist-serve >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill "$server"; wait "$server" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 120); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.5; done
 curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/server.log"; exit 1; }
 
