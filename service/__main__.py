@@ -1,14 +1,25 @@
 """`mnist-serve` / `python -m service`: run the API under uvicorn with the MNIST_* settings."""
 
+import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
+from service.auth import KeyFileError, KeyRing
+from service.logs import log_config
 from service.models.session import ModelLoadError, ModelSession
 from service.settings import Settings
+
+
+def _exit_cleanly(number: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises the signal it shut down for once it has restored the handler it
+    # found; this one makes that, and a SIGTERM before uvicorn starts, an exit with 0.
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -20,6 +31,7 @@ def main() -> None:
     if problem:
         print(f"ERROR:    {problem}", file=sys.stderr)
         raise SystemExit(1)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as shared:
         if workers > 1:
             # Each worker counts in files here, so /metrics adds up all of them whichever
@@ -37,11 +49,20 @@ def main() -> None:
             port=settings.port,
             workers=workers,
             log_level=settings.log_level,
+            log_config=log_config(settings.log_format, settings.log_level),
+            # The service writes one access line per request itself.
             access_log=False,
+            # No "server: uvicorn": versions are nobody's business.
+            server_header=False,
+            timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
         )
 
 
 def _startup_problem(settings: Settings) -> str | None:
+    try:
+        KeyRing.from_settings(settings)
+    except KeyFileError as exc:
+        return str(exc)
     if settings.model_repository is not None:
         # An empty repository is fine (the server waits, not ready, for a first version);
         # a missing one is a wrong setting.

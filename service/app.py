@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from service.auth import AuthMiddleware, KeyRing
+from service.drain import Drain
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import AccessMiddleware, BodyLimitMiddleware
 from service.models.repository import LoadSettings, ModelRepository, scanner
 from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
@@ -30,6 +33,8 @@ logger = logging.getLogger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app_metrics = Metrics()
+    keys = KeyRing.from_settings(settings)
+    drain = Drain(settings.drain_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,12 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model_repository,
             )
         app.state.repository = repository
+        _log_access_control(settings, keys)
+        drain.install()
         # What start-up built lives as long as the process: moving it out of the collector's
         # reach keeps full collections, and the latency spikes they cause, short.
         gc.freeze()
         try:
             yield
         finally:
+            drain.uninstall()
             await repository.stop()
 
     app = FastAPI(
@@ -75,10 +83,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics = settings, app_metrics
+    app.state.settings, app.state.metrics, app.state.drain = settings, app_metrics, drain
     install_error_handlers(app)
     for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
         app.include_router(module.router)
+    # Innermost first: each one added wraps those before it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app_metrics)
+    if keys:
+        app.add_middleware(AuthMiddleware, keys=keys, settings=settings, metrics=app_metrics)
+    if settings.origins():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+            expose_headers=["x-request-id"],
+        )
+    app.add_middleware(
+        AccessMiddleware, metrics=app_metrics, drain=drain, access_log=settings.access_log
+    )
     return app
+
+
+def _log_access_control(settings: Settings, keys: KeyRing) -> None:
+    if not keys:
+        logger.warning(
+            "no API keys are set (MNIST_API_KEYS): anyone who reaches %s:%s may predict%s",
+            settings.host,
+            settings.port,
+            " and load or unload models" if settings.model_control else "",
+        )
+    elif settings.model_control and not keys.has_admin_keys:
+        logger.warning(
+            "MNIST_MODEL_CONTROL=1 but no admin key is set (MNIST_ADMIN_API_KEYS): "
+            "model load and unload are refused to every key"
+        )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.drain import Drain
 from service.metrics import Metrics
 from service.models.repository import ModelRepository
 from service.settings import Settings
@@ -28,6 +29,12 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DrainDep = Annotated[Drain, Depends(get_drain)]

@@ -1,5 +1,7 @@
 """Errors a client can fix, and the handlers that turn every failure into a JSON answer."""
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,16 +18,25 @@ class InputError(Exception):
         self.headers = headers
 
 
+def request_id(request: Request) -> str | None:
+    """The id the access middleware gave this request (None outside it, as in unit tests)."""
+    return getattr(request.state, "request_id", None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    def error(request: Request, message: str, status: int, headers: Any = None) -> JSONResponse:
+        body = {"detail": message, "request_id": request_id(request)}
+        return JSONResponse(body, status, headers=headers)
+
     @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return error(request, exc.message, exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(problems)}, 422)
+        return error(request, "; ".join(problems), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(request, str(exc.detail), exc.status_code, exc.headers)

@@ -116,6 +116,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.auth_failures = Counter(
+            "mnist_auth_failures",
+            "Requests refused for their API key: missing, invalid, or forbidden (not admin).",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def of_version(self, version: int) -> VersionMetrics:
         label = str(version)
         return VersionMetrics(

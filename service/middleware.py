@@ -1,12 +1,19 @@
-"""ASGI middleware: the request body limit and the per-request metrics."""
+"""ASGI middleware: the request body limit, and what every request gets (id, metrics, log)."""
 
+import logging
+import re
 import time
+import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.drain import Drain
 from service.errors import InputError
+from service.logs import ACCESS_LOGGER
 from service.metrics import Metrics
+
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 class BodyLimitMiddleware:
@@ -24,7 +31,7 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 # Open Inference Protocol clients read "error"; ours read "detail".
                 key = "error" if scope["path"].startswith("/v2/") else "detail"
-                await _send_error(send, self._too_big(), key)
+                await _send_error(send, self._too_big(), key, scope)
                 return
         received = 0
 
@@ -47,8 +54,10 @@ class BodyLimitMiddleware:
         )
 
 
-async def _send_error(send: Send, error: InputError, key: str) -> None:
-    body = orjson.dumps({key: error.message})
+async def _send_error(send: Send, error: InputError, key: str, scope: Scope) -> None:
+    body = orjson.dumps(
+        {key: error.message, "request_id": scope.get("state", {}).get("request_id")}
+    )
     await send(
         {
             "type": "http.response.start",
@@ -62,31 +71,78 @@ async def _send_error(send: Send, error: InputError, key: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class MetricsMiddleware:
-    """Counts requests by route template and status, and times them."""
+class AccessMiddleware:
+    """What every request gets, whatever answers it: an id, counting and timing, one access
+    log line, the headers every response carries, and ``Connection: close`` while draining.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    The id is the client's ``X-Request-ID`` when it is sane, else a new one; routes and error
+    handlers find it, and report the images and model version back, in ``scope["state"]``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain, access_log: bool):
         self.app = app
         self.metrics = metrics
+        self.drain = drain
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        request_id = state["request_id"] = _request_id(scope["headers"])
         status = 500
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers += [(b"x-request-id", request_id.encode()), *_ALWAYS]
+                if self.drain.draining:
+                    # Keep-alive clients reconnect, and land on an instance that stays.
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
             route = scope.get("route")
             # Templates, not raw paths, so that label cardinality stays bounded.
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(path).observe(elapsed)
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "route": path,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 3),
+                        "images": state.get("images"),
+                        "model_version": state.get("model_version"),
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                        "key_id": state.get("key_id"),
+                    },
+                )
+
+
+# Every response: no content sniffing, no referrer leaking to other sites.
+_ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+_SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _SANE_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex

@@ -16,6 +16,7 @@ Parameters = dict[str, bool | int | float | str]
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong with the request and how to fix it.")
+    request_id: str | None = Field(description="The request's X-Request-ID, for the logs.")
 
 
 class ServerMetadataResponse(BaseModel):

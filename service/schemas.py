@@ -35,6 +35,7 @@ class PredictResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What is wrong with the request and how to fix it.")
+    request_id: str | None = Field(description="The request's X-Request-ID, for the logs.")
 
 
 class TensorSpec(BaseModel):

@@ -55,6 +55,40 @@ class Settings(BaseSettings):
         "0: one per CPU available (Python serves one request at a time per process).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per line."
+    )
+    access_log: bool = Field(True, description="One log line per request (uvicorn's is off).")
+
+    api_keys: str = Field(
+        "", description="Comma-separated inference API keys; none: the API is open to anyone."
+    )
+    api_keys_file: Path | None = Field(None, description="A file of inference keys, one a line.")
+    admin_api_keys: str = Field(
+        "", description="Comma-separated admin keys: model control, and inference too."
+    )
+    admin_api_keys_file: Path | None = Field(None, description="A file of admin keys, one a line.")
+    protect_metrics: bool = Field(
+        False, description="/metrics takes a key too (when keys are set)."
+    )
+    protect_docs: bool = Field(
+        False, description="/docs, /redoc and /openapi.json take a key too (when keys are set)."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins browsers may call the API from; none by default."
+    )
+
+    drain_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM: seconds to keep serving, not ready, so that load balancers "
+        "stop sending before connections are refused.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Then: the longest wait for requests in flight to finish before exiting.",
+    )
 
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads inside one operator; 0: CPUs available / workers."
@@ -90,6 +124,9 @@ class Settings(BaseSettings):
 
     def policy(self) -> VersionPolicy:
         return VersionPolicy.parse(self.version_policy)
+
+    def origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def worker_processes(self) -> int:
         return self.workers or available_cpus()

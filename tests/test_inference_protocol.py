@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from model_contract import MODEL_NAME
 from service.batcher import QueueFullError
+from service.drain import Drain
 from service.errors import InputError, install_error_handlers
 from service.inference_protocol import (
     HEADER_LENGTH,
@@ -483,7 +484,7 @@ class StandInRepository:
 
 def protocol_client(repository: StandInRepository) -> TestClient:
     app = FastAPI()
-    app.state.settings, app.state.repository = Settings(), repository
+    app.state.settings, app.state.repository, app.state.drain = Settings(), repository, Drain(0)
     install_error_handlers(app)
     app.include_router(router)
     # Server errors are answered, not raised into the test.
@@ -497,7 +498,10 @@ def infer(client: TestClient, url: str = "/v2/models/mnist/infer") -> Any:
 def test_an_inference_failure_is_a_500_in_the_protocol_form() -> None:
     response = infer(protocol_client(StandInRepository(RuntimeError("onnxruntime broke"))))
     assert response.status_code == 500
-    assert response.json() == {"error": "internal server error: see the server log"}
+    assert response.json() == {
+        "error": "internal server error: see the server log",
+        "request_id": None,  # no access middleware around this bare router
+    }
 
 
 def test_a_full_queue_is_a_503_with_retry_after() -> None:

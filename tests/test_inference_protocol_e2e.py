@@ -217,7 +217,8 @@ def test_tritonclient_sees_wrong_datatype_and_shape_as_400(client: Any, digits: 
 def error_of(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == response.headers["x-request-id"]
     return str(body["error"])
 
 

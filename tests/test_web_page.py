@@ -95,7 +95,9 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
 
     page.on("request", note_foreign)
     page.goto(f"{base_url}/")
-    page.wait_for_function("document.getElementById('total-params').textContent !== '…'")
+    # Locators, not wait_for_function: polling a JS string is eval, which the page's CSP
+    # rightly forbids.
+    page.locator("#total-params", has_text="93,322").wait_for()
     yield page
     context.close()
     assert script_errors == []
@@ -353,3 +355,43 @@ def test_screenshots_for_people(
     for path in (desktop, mobile):
         with Image.open(path) as shot:
             assert shot.format == "PNG"
+
+
+def test_with_api_keys_the_page_asks_for_one_and_keeps_it_for_the_tab(
+    browser: Browser, trained_model_path: Path, mnist_test_digits: RawSplit
+) -> None:
+    key = "web-page-key-71b3e9"
+    with running_server(trained_model_path, MNIST_API_KEYS=key) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.goto(f"{url}/")
+        # /summary answered 401: the page asks, and shows no layer table yet.
+        page.wait_for_selector("#key-form:not([hidden])")
+        assert page.text_content("#total-params") != "93,322"
+        page.fill("#key-input", "a wrong key")
+        page.click("#key-submit")
+        page.locator("#key-message", has_text="refused").wait_for()
+        assert page.is_visible("#key-form")
+        page.screenshot(path=str(ARTIFACTS / "web-page-key-form.png"))
+        page.fill("#key-input", key)
+        page.click("#key-submit")
+        page.locator("#total-params", has_text="93,322").wait_for()
+        assert page.is_hidden("#key-form")
+        page.set_input_files(
+            "#file-input",
+            FilePayload(
+                name="d.png", mimeType="image/png", buffer=encode(mnist_test_digits.images[0])
+            ),
+        )
+        assert answer(page)["digit"] == str(mnist_test_digits.labels[0])
+        # Reloaded in the same tab: the key is remembered, no question asked.
+        page.reload()
+        page.locator("#total-params", has_text="93,322").wait_for()
+        assert page.is_hidden("#key-form")
+        assert key not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "web-page-key.png"))
+        context.close()
+    assert script_errors == []

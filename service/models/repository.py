@@ -28,7 +28,12 @@ from service.errors import InputError
 from service.metrics import Metrics
 from service.models.policy import VersionPolicy
 from service.models.served import ServedVersion
-from service.models.session import Device, ModelLoadError, ModelSession
+from service.models.session import (
+    Device,
+    ModelLoadError,
+    ModelSession,
+    release_native_memory,
+)
 from service.models.worker_state import Control, VersionReport, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -271,7 +276,12 @@ class ModelRepository:
         version.retire()
         self._retired.add(version)
         task = asyncio.ensure_future(version.released())
-        task.add_done_callback(lambda _: self._retired.discard(version))
+        task.add_done_callback(lambda _: self._forget(version))
+
+    def _forget(self, version: ServedVersion) -> None:
+        self._retired.discard(version)
+        # On the next turn of the loop, once the last references to the version are gone.
+        asyncio.get_running_loop().call_soon(release_native_memory)
 
     async def _load(self, version: int, path: Path) -> ServedVersion | None:
         self._loading.add(version)

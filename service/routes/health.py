@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.dependencies import RepositoryDep
+from service.dependencies import DrainDep, RepositoryDep
 from service.schemas import HealthResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -20,9 +20,10 @@ async def live() -> HealthResponse:
     summary="At least one model version is loaded, self-tested and taking requests",
     responses={503: {"model": HealthResponse}},
 )
-async def ready(repository: RepositoryDep) -> HealthResponse | JSONResponse:
+async def ready(repository: RepositoryDep, drain: DrainDep) -> HealthResponse | JSONResponse:
     # Never "ready without a model": a repository with nothing servable yet, or everything
-    # unloaded by model control, answers 503 so that no traffic is sent here.
-    if not repository.ready:
+    # unloaded by model control, answers 503 so that no traffic is sent here; and neither
+    # while draining after SIGTERM.
+    if not repository.ready or drain.draining:
         return JSONResponse({"status": "not ready"}, 503)
     return HealthResponse(status="ready")

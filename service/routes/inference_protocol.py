@@ -7,6 +7,7 @@ only. Inference goes through the shared batcher, like /predict.
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -17,8 +18,8 @@ from starlette.exceptions import HTTPException
 
 from model_contract import MODEL_NAME
 from service import inference_protocol as protocol
-from service.dependencies import RepositoryDep, SettingsDep
-from service.errors import InputError
+from service.dependencies import DrainDep, RepositoryDep, SettingsDep
+from service.errors import InputError, request_id
 from service.protocol_schemas import (
     ErrorResponse,
     InferenceRequest,
@@ -36,8 +37,12 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "mnist-serving"
 
 
-def protocol_error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status, headers=headers)
+def protocol_error(
+    request: Request, message: str, status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse(
+        {"error": message, "request_id": request_id(request)}, status, headers=headers
+    )
 
 
 class ProtocolRoute(APIRoute):
@@ -50,17 +55,17 @@ class ProtocolRoute(APIRoute):
             try:
                 return await handler(request)
             except InputError as exc:
-                return protocol_error(exc.message, exc.status, exc.headers)
+                return protocol_error(request, exc.message, exc.status, exc.headers)
             except RequestValidationError as exc:
                 problems = [
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
                 ]
-                return protocol_error("; ".join(problems), 400)
+                return protocol_error(request, "; ".join(problems), 400)
             except HTTPException as exc:
-                return protocol_error(str(exc.detail), exc.status_code, exc.headers)
+                return protocol_error(request, str(exc.detail), exc.status_code, exc.headers)
             except Exception:
                 logger.exception("%s %s failed", request.method, request.url.path)
-                return protocol_error("internal server error: see the server log", 500)
+                return protocol_error(request, "internal server error: see the server log", 500)
 
         return handle
 
@@ -120,8 +125,8 @@ async def live() -> LiveResponse:
 
 
 @router.get("/health/ready", response_model=ReadyResponse, summary="The server can infer")
-async def ready(repository: RepositoryDep) -> ReadyResponse | Response:
-    if not repository.ready:
+async def ready(repository: RepositoryDep, drain: DrainDep) -> ReadyResponse | Response:
+    if not repository.ready or drain.draining:
         return JSONResponse({"ready": False}, 503)
     return ReadyResponse(ready=True)
 
@@ -217,8 +222,11 @@ async def infer(
     decoded = protocol.decode_request(
         body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
     )
+    if decoded.id is None:  # the protocol's id names the request: ours when it has none
+        decoded = replace(decoded, id=request_id(request))
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
+    request.state.images, request.state.model_version = len(decoded.images), served.name
     probabilities = await served.predict(decoded.images)
     encoded = protocol.encode_response(probabilities, decoded, served.name)
     headers = None
@@ -242,11 +250,13 @@ async def not_implemented(request: Request, path: str) -> Response:
         ):
             allowed = ", ".join(sorted(route.methods or ()))
             return protocol_error(
+                request,
                 f"{request.method} is not allowed on /v2/{path}: use {allowed}",
                 405,
                 {"Allow": allowed},
             )
     return protocol_error(
+        request,
         f"no endpoint /v2/{path}: this server implements the protocol's health, metadata, "
         "model config, infer and model repository endpoints",
         404,

@@ -116,6 +116,7 @@ async def predict(request: Request, repository: RepositoryDep, settings: Setting
     images = await _read_images(request, settings)
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
+    request.state.images, request.state.model_version = len(images), served.name
     probabilities = await served.predict(images)
     return Response(
         _predictions_json(probabilities, served.model_id, served.name),

@@ -107,6 +107,45 @@
   pad.addEventListener("pointercancel", endStroke);
   pad.addEventListener("lostpointercapture", endStroke);
 
+  // --- The API key, when the service asks for one -----------------------------------
+
+  // sessionStorage: the key lives as long as this tab, and never reaches another site.
+  const KEY_STORAGE = "mnist-api-key";
+  const keyForm = $("key-form");
+  const keyInput = $("key-input");
+  const keyMessage = $("key-message");
+  let retryAfterKey = null; // what to do again once a key is given
+
+  function authHeaders() {
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function askForKey(detail, retry) {
+    const refused = sessionStorage.getItem(KEY_STORAGE) !== null;
+    sessionStorage.removeItem(KEY_STORAGE);
+    keyMessage.textContent = refused
+      ? "That key was refused. Check it and try again; it is kept for this browser tab only."
+      : "Ask its operator for one. It is kept for this browser tab only.";
+    keyForm.dataset.detail = detail || "";
+    retryAfterKey = retry;
+    keyForm.hidden = false;
+    keyInput.focus();
+  }
+
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = keyInput.value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    keyInput.value = "";
+    keyForm.hidden = true;
+    const retry = retryAfterKey;
+    retryAfterKey = null;
+    loadSummary();
+    if (retry) retry();
+  });
+
   // --- Talking to /predict ------------------------------------------------------------
 
   let timer = null;
@@ -155,7 +194,7 @@
       response = await fetch("/predict", {
         method: "POST",
         body: form,
-        headers: { Accept: "application/json" },
+        headers: { Accept: "application/json", ...authHeaders() },
         signal: controller.signal,
       });
       body = await response.json().catch(() => null);
@@ -170,6 +209,11 @@
     if (seq !== requestSeq) return;
     inFlight = null;
     const detail = body && typeof body.detail === "string" ? body.detail : null;
+    if (response.status === 401) {
+      showError("This service takes an API key", "Enter one above; the digit is read again.");
+      askForKey(detail, () => predict(image, filename));
+      return;
+    }
     if (!response.ok) {
       showError(errorTitleFor(response.status), detail || `The service answered HTTP ${response.status}.`);
       return;
@@ -190,6 +234,7 @@
     if (code === 413) return "That image is too large";
     if (code === 415) return "That file type is not supported";
     if (code === 400) return "That file could not be read";
+    if (code === 403) return "That key may not do this";
     if (code === 503) return "The service is busy";
     if (code >= 500) return "Something went wrong on the server";
     return "The model could not read that";
@@ -424,12 +469,19 @@
   async function loadSummary() {
     const problem = $("summary-error");
     try {
-      const response = await fetch("/summary", { headers: { Accept: "application/json" } });
+      const response = await fetch("/summary", {
+        headers: { Accept: "application/json", ...authHeaders() },
+      });
       const body = await response.json().catch(() => null);
+      if (response.status === 401) {
+        askForKey(body && body.detail, retryAfterKey);
+        return;
+      }
       if (!response.ok || !body || !body.summary) {
         const detail = body && body.detail ? body.detail : `HTTP ${response.status}`;
         throw new Error(detail);
       }
+      problem.hidden = true;
       renderSummary(body);
     } catch (error) {
       problem.textContent = `The model's summary could not be loaded (${error.message}). Reload the page to try again.`;

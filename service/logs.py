@@ -1,0 +1,95 @@
+"""Log lines as text or JSON, for uvicorn's loggers and the service's own, in every worker.
+
+The access line is the service's (one per request, with its id, route, status, latency,
+images, model version, client and key id); uvicorn's own access log stays off. Bodies and
+keys are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+ACCESS_LOGGER = "service.access"
+# The fields an access line carries, in this order, besides time, level and message.
+ACCESS_FIELDS = (
+    "request_id",
+    "method",
+    "route",
+    "status",
+    "latency_ms",
+    "images",
+    "model_version",
+    "client",
+    "key_id",
+)
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        document.update(
+            (key, value) for key, value in record.__dict__.items() if key not in _STANDARD
+        )
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
+class AccessTextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        extras = " ".join(
+            f"{name}={fields[name]}"
+            for name in ("images", "model_version", "key_id", "request_id")
+            if fields.get(name) is not None
+        )
+        return (
+            f'INFO:     {fields.get("client")} - "{fields.get("method")} {fields.get("route")}" '
+            f"{fields.get('status')} {fields.get('latency_ms')} ms {extras}"
+        )
+
+
+def log_config(log_format: Literal["text", "json"], level: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn (which applies it in each worker)."""
+    level = level.upper()
+    if log_format == "json":
+        formatters: dict[str, Any] = {
+            "default": {"()": JsonFormatter},
+            "access": {"()": JsonFormatter},
+        }
+    else:
+        formatters = {
+            "default": {
+                "()": "uvicorn.logging.DefaultFormatter",
+                "fmt": "%(levelprefix)s %(message)s",
+            },
+            "access": {"()": AccessTextFormatter},
+        }
+    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": formatters,
+        "handlers": {
+            "default": {**handler, "formatter": "default"},
+            "access": {**handler, "formatter": "access"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "service": {"handlers": ["default"], "level": level, "propagate": False},
+            ACCESS_LOGGER: {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
