@@ -343,13 +343,21 @@ def test_the_probes_ask_the_health_routes_on_the_serving_port() -> None:
     assert int(settings["MNIST_PORT"]) == port["containerPort"]
 
 
-def test_the_grace_period_outlasts_the_pre_stop_sleep() -> None:
-    deployment = one("base", "Deployment", "mnist-api")
-    command = container(deployment, "api")["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    sleep_s = int(command[1])
-    # uvicorn's own graceful shutdown (in-flight requests finish) needs time after the sleep.
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= sleep_s + 10
+@pytest.mark.parametrize("overlay", ["base", "overlays/kserve"])
+def test_the_grace_period_outlasts_the_services_own_drain(overlay: str) -> None:
+    settings = settings_of(overlay, "mnist-api-settings")
+    drain_s = float(settings["MNIST_DRAIN_DELAY_S"]) + float(settings["MNIST_DRAIN_TIMEOUT_S"])
+    if overlay == "base":
+        deployment = one(overlay, "Deployment", "mnist-api")
+        grace_s = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        # The service drains on SIGTERM itself: a preStop sleep would only add to the delay.
+        assert "lifecycle" not in container(deployment, "api")
+    else:
+        predictor = one(overlay, "InferenceService", "mnist")["spec"]["predictor"]
+        grace_s = predictor["terminationGracePeriodSeconds"]
+    # Not-ready-but-serving delay, then requests in flight, then a margin before SIGKILL.
+    assert grace_s >= drain_s + 5
+    assert float(settings["MNIST_DRAIN_DELAY_S"]) >= 5, "endpoints take seconds to update"
 
 
 def test_service_pdb_hpa_and_network_policy_select_the_api_pods() -> None:
