@@ -5,7 +5,8 @@ its images, environment, volumes and securityContext. With the images built from
 project's Dockerfile: the API pod starts on an empty repository (live, not ready), the first
 training Job's pod publishes version 1, the API turns ready by hot reload and answers real
 digits, then the retraining CronJob's pod publishes version 2 and the API serves it without
-a restart, answering every request meanwhile.
+a restart, answering every request meanwhile; on SIGTERM it drains (not ready, still
+serving) and exits 0.
 
 podman 4.3 plays Pods and Deployments but not Jobs or CronJobs: their pod templates are
 played as Pods (restartPolicy Never), as the Job controller would create them. Docker (to
@@ -360,3 +361,26 @@ def test_the_retraining_pod_publishes_version_2_and_the_api_serves_it_without_a_
         "podman", "inspect", "--format", "{{.RestartCount}}", deployment.api_container
     ).stdout.strip()
     assert restarts_after == restarts_before, "the API container restarted for version 2"
+
+
+def test_sigterm_drains_the_api_pod_not_ready_but_still_serving_then_it_exits_0(
+    deployment: Deployment, mnist_test_digits: RawSplit
+) -> None:
+    # What the kubelet does at the end of a pod's life: SIGTERM, then the grace period.
+    png = encode(mnist_test_digits.images[0])
+    killed = run("podman", "kill", "--signal", "TERM", deployment.api_container)
+    assert killed.returncode == 0, killed.stderr
+    started = time.monotonic()
+    ready: list[int] = []
+    answered: list[int] = []
+    with httpx.Client(base_url=BASE_URL, timeout=5) as client:
+        while time.monotonic() - started < 2:  # within the local overlay's 3 s delay
+            ready.append(client.get("/health/ready").status_code)
+            response = client.post("/predict", files={"file": ("0.png", png, "image/png")})
+            answered.append(response.status_code)
+            time.sleep(0.1)
+    assert set(ready) == {503}, f"readiness while draining: {ready}"
+    assert set(answered) == {200}, f"requests while draining: {answered}"
+    code = deployment.cluster.wait_for_exit(deployment.api_container)
+    print(f"API container exited {code} {time.monotonic() - started:.1f} s after SIGTERM")
+    assert code == 0, deployment.cluster.logs(deployment.api_container)
