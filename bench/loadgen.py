@@ -55,6 +55,7 @@ def wrk_command(
     threads: int,
     duration_s: float,
     timeout_s: float,
+    headers: tuple[str, ...] = (),
 ) -> list[str]:
     return [
         wrk,
@@ -62,6 +63,7 @@ def wrk_command(
         f"--connections={connections}",
         f"--duration={max(1, round(duration_s))}s",
         f"--timeout={max(1, round(timeout_s))}s",
+        *(f"--header={header}" for header in headers),
         f"--script={SCRIPT}",
         url,
         "--",

@@ -14,7 +14,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 log "python dependencies (uv, from uv.lock)"
 command -v uv >/dev/null 2>&1 || python3 -m pip install -q "uv==0.13.9"
-uv sync --frozen --extra service --extra train
+uv sync --frozen --extra service --extra train --extra otel
 
 log "chromium for the browser tests"
 if ! command -v chromium >/dev/null 2>&1; then

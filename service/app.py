@@ -26,18 +26,22 @@ from service.routes import (
     ui,
 )
 from service.settings import Settings
+from service.tracing import Tracing, TracingMiddleware
 
 logger = logging.getLogger("service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     settings = settings or Settings()
     app_metrics = Metrics()
     keys = KeyRing.from_settings(settings)
     drain = Drain(settings.drain_delay_s)
+    # Off unless the OTEL_* variables ask for traces; ``tracing`` (tests) brings exporters.
+    tracing = tracing or Tracing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.start()
         repository = ModelRepository(
             scanner(settings.model_repository, settings.model_path),
             settings.policy(),
@@ -76,14 +80,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             drain.uninstall()
             await repository.stop()
+            await tracing.shutdown()
 
     app = FastAPI(
         title="MNIST digit service",
         summary="The classic Keras MNIST convnet on onnxruntime: send digit images, get digits.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own request spans would be a second server span beside ours.
+        telemetry={"tracing": False},
     )
-    app.state.settings, app.state.metrics, app.state.drain = settings, app_metrics, drain
+    app.state.settings, app.state.metrics = settings, app_metrics
+    app.state.drain, app.state.tracing = drain, tracing
     install_error_handlers(app)
     for module in (predict, summary, health, metrics, ui, model_repository, inference_protocol):
         app.include_router(module.router)
@@ -102,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         AccessMiddleware, metrics=app_metrics, drain=drain, access_log=settings.access_log
     )
+    # Added last, so outermost: the span also covers what the middleware above answers.
+    app.add_middleware(TracingMiddleware, tracing=tracing)
     return app
 
 

@@ -13,18 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 ACCESS_LOGGER = "service.access"
-# The fields an access line carries, in this order, besides time, level and message.
-ACCESS_FIELDS = (
-    "request_id",
-    "method",
-    "route",
-    "status",
-    "latency_ms",
-    "images",
-    "model_version",
-    "client",
-    "key_id",
-)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 

@@ -24,38 +24,33 @@ OFFLINE_DATA_FILES = (
 )
 
 
-@pytest.fixture(scope="session")
-def mnist_offline_dir() -> Path:
-    """The offline MNIST IDX directory: $MNIST_OFFLINE_DATA, else <repo>/../shared/data/...
+def _idx_dir(variable: str, default: str, what: str) -> Path:
+    """The IDX directory $``variable`` names, else <repo>/../shared/data/``default``.
 
     Absent data fails the tests that need it (CI must provide it); it never skips them.
     """
-    configured = os.environ.get("MNIST_OFFLINE_DATA")
-    directory = Path(configured) if configured else REPO_ROOT.parent / "shared/data/mnist-offline"
+    configured = os.environ.get(variable)
+    directory = Path(configured) if configured else REPO_ROOT.parent / "shared/data" / default
     missing = [name for name in OFFLINE_DATA_FILES if not (directory / name).is_file()]
     if missing:
         pytest.fail(
-            f"offline MNIST data not found: {directory} lacks {', '.join(missing)}. "
-            "Set MNIST_OFFLINE_DATA to a directory holding the four IDX .gz files.",
+            f"{what} not found: {directory} lacks {', '.join(missing)}. "
+            f"Set {variable} to a directory holding the four IDX .gz files.",
             pytrace=False,
         )
     return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_offline_dir() -> Path:
+    """5,000 real training digits and the official 10,000 test digits, for fast tests."""
+    return _idx_dir("MNIST_OFFLINE_DATA", "mnist-offline", "offline MNIST data")
 
 
 @pytest.fixture(scope="session")
 def mnist_full_dir() -> Path:
-    """The complete official MNIST (60,000 + 10,000): $MNIST_FULL_DATA, else <repo>/../shared/
-    data/mnist. For the tests that must show the seed's accuracy; absent data fails them."""
-    configured = os.environ.get("MNIST_FULL_DATA")
-    directory = Path(configured) if configured else REPO_ROOT.parent / "shared/data/mnist"
-    missing = [name for name in OFFLINE_DATA_FILES if not (directory / name).is_file()]
-    if missing:
-        pytest.fail(
-            f"full MNIST not found: {directory} lacks {', '.join(missing)}. "
-            "Set MNIST_FULL_DATA to a directory holding the four official IDX .gz files.",
-            pytrace=False,
-        )
-    return directory
+    """The complete official MNIST (60,000 + 10,000), where the seed's accuracy must show."""
+    return _idx_dir("MNIST_FULL_DATA", "mnist", "full MNIST")
 
 
 @pytest.fixture(scope="session")

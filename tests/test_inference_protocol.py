@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from model_contract import MODEL_NAME
-from service.batcher import QueueFullError
+from service.batcher import Batch, Inference, QueueFullError
 from service.drain import Drain
 from service.errors import InputError, install_error_handlers
 from service.inference_protocol import (
@@ -34,6 +34,7 @@ from service.inference_protocol import (
 from service.models.repository import VersionNotReadyError
 from service.routes.inference_protocol import router
 from service.settings import Settings
+from service.tracing import Tracing
 
 RNG = np.random.default_rng(6)
 FLOATS = RNG.random((3, 28, 28, 1), dtype=np.float32)
@@ -462,10 +463,11 @@ class StandInVersion:
     def __init__(self, failure: Exception | None):
         self.failure = failure
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
+    async def infer(self, images: np.ndarray) -> Inference:
         if self.failure is not None:
             raise self.failure
-        return np.full((len(images), 10), 0.1, np.float32)
+        probabilities = np.full((len(images), 10), 0.1, np.float32)
+        return Inference(probabilities, 0, Batch(len(images), 1, 0, 0))
 
 
 class StandInRepository:
@@ -484,7 +486,8 @@ class StandInRepository:
 
 def protocol_client(repository: StandInRepository) -> TestClient:
     app = FastAPI()
-    app.state.settings, app.state.repository, app.state.drain = Settings(), repository, Drain(0)
+    app.state.settings, app.state.repository = Settings(), repository
+    app.state.drain, app.state.tracing = Drain(0), Tracing()
     install_error_handlers(app)
     app.include_router(router)
     # Server errors are answered, not raised into the test.

@@ -272,7 +272,7 @@ class ModelRepository:
         self._publish_state()
 
     def _retire(self, version: ServedVersion) -> None:
-        self._metrics.model.labels(version.name, version.model_id, _provider(version)).set(0)
+        self._metrics.model.labels(version.name, version.model_id, version.provider).set(0)
         version.retire()
         self._retired.add(version)
         task = asyncio.ensure_future(version.released())
@@ -400,7 +400,3 @@ class IndexEntry:
     state: str
     reason: str
     workers: dict[int, str] | None
-
-
-def _provider(version: ServedVersion) -> str:
-    return version.session.providers[0]

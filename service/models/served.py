@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from service.batcher import Batcher
+from service.batcher import Batcher, Inference
 from service.models.session import ModelSession
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,21 @@ class ServedVersion:
     def model_id(self) -> str:
         return self.session.model_id
 
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs this version (onnxruntime's first choice)."""
+        return self.session.providers[0]
+
     async def predict(self, images: np.ndarray) -> np.ndarray:
+        return (await self.infer(images)).probabilities
+
+    async def infer(self, images: np.ndarray) -> Inference:
+        """``predict``, with the times of its wait and its batch, for the request's trace."""
         # Counted before the first await: the repository cannot release this version
         # between handing it out and the request being in flight on it.
         self.in_flight += 1
         try:
-            return await self.batcher.predict(images)
+            return await self.batcher.infer(images)
         finally:
             self.in_flight -= 1
             if self._retired and self.in_flight == 0:

@@ -31,6 +31,7 @@ from service.protocol_schemas import (
     ReadyResponse,
     ServerMetadataResponse,
 )
+from service.tracing import traced
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +217,23 @@ _INFER_BODY: dict[str, Any] = {
 async def infer(
     request: Request, version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
 ) -> Response:
-    body = protocol.decompress(
-        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
-    )
-    decoded = protocol.decode_request(
-        body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
-    )
+    tracing = traced(request)
+    with tracing.span("decode"):
+        body = protocol.decompress(
+            await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
+        )
+        decoded = protocol.decode_request(
+            body, request.headers.get(protocol.HEADER_LENGTH), settings.max_images_per_request
+        )
     if decoded.id is None:  # the protocol's id names the request: ours when it has none
         decoded = replace(decoded, id=request_id(request))
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
     request.state.images, request.state.model_version = len(decoded.images), served.name
-    probabilities = await served.predict(decoded.images)
-    encoded = protocol.encode_response(probabilities, decoded, served.name)
+    result = await served.infer(decoded.images)
+    tracing.record_inference(result, served)
+    with tracing.span("encode"):
+        encoded = protocol.encode_response(result.probabilities, decoded, served.name)
     headers = None
     if encoded.header_length is not None:
         headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}

@@ -14,6 +14,7 @@ from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.schemas import ErrorResponse, PredictJSONRequest, PredictResponse
 from service.settings import Settings
+from service.tracing import traced
 
 router = APIRouter(tags=["predict"])
 
@@ -112,16 +113,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     openapi_extra=_OPENAPI_BODY,
 )
 async def predict(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
+    tracing = traced(request)
     version = requested_version(request.query_params.get("version"))
-    images = await _read_images(request, settings)
+    with tracing.span("decode"):
+        images = await _read_images(request, settings)
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
     request.state.images, request.state.model_version = len(images), served.name
-    probabilities = await served.predict(images)
-    return Response(
-        _predictions_json(probabilities, served.model_id, served.name),
-        media_type="application/json",
-    )
+    result = await served.infer(images)
+    tracing.record_inference(result, served)
+    with tracing.span("encode"):
+        body = _predictions_json(result.probabilities, served.model_id, served.name)
+    return Response(body, media_type="application/json")
 
 
 def requested_version(text: str | None) -> int | None:
