@@ -2,7 +2,9 @@
 
     python -m bench.auth_overhead --model models/mnist.onnx [--duration 8] [--rounds 2]
 
-Starts the real server twice per round, open and with MNIST_API_KEYS, alternating so that
+First times the key check alone in this process: the middleware around an app that does
+nothing, against that app bare. Then starts the real server twice per round, open and
+with MNIST_API_KEYS, alternating so that
 a machine that slows down mid-run weighs on both alike; drives single-image JSON /predict
 with wrk at concurrency 1 and 32, the keyed one with `Authorization: Bearer KEY`; prints
 each run, then the medians and their ratio. Writes auth_overhead.json beside the other
@@ -10,11 +12,16 @@ results.
 """
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 if not __package__:  # run as `python bench/auth_overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,9 +29,40 @@ if not __package__:  # run as `python bench/auth_overhead.py`
 from bench import loadgen
 from bench.payloads import json_payload, load_test_digits, offline_data_dir
 from bench.server import RunningServer, ServerConfig
+from service.auth import AuthMiddleware, KeyRing
+from service.metrics import Metrics
+from service.settings import Settings
 
 KEY = "bench-key-0123456789abcdef"
 CONCURRENCY = (1, 32)
+CALLS = 200_000
+
+
+def time_the_key_check() -> dict[str, float]:
+    """Microseconds per call: a no-op ASGI app, bare and behind the key check."""
+
+    async def nothing(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    keys = KeyRing([KEY, "another-inference-key"], ["an-admin-key"])
+    checked = AuthMiddleware(nothing, keys, Settings(), Metrics())
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]
+    scope: Scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+
+    async def per_call(app: ASGIApp) -> float:
+        started = time.perf_counter()
+        for _ in range(CALLS):
+            await app(dict(scope), _never, _never)
+        return (time.perf_counter() - started) / CALLS * 1e6
+
+    async def both() -> dict[str, float]:
+        return {"bare_us": await per_call(nothing), "with_key_check_us": await per_call(checked)}
+
+    return asyncio.run(both())
+
+
+async def _never(*_: object) -> Any:
+    raise AssertionError("the app under test neither receives nor sends")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
 
+    in_process = time_the_key_check()
+    print(
+        f"in process: the key check adds "
+        f"{in_process['with_key_check_us'] - in_process['bare_us']:.1f} us a request "
+        f"({in_process['bare_us']:.2f} us bare, {CALLS:,} calls)",
+        flush=True,
+    )
     digits = load_test_digits(offline_data_dir())
     payload = json_payload(digits.images[0], int(digits.labels[0]))
     wrk = loadgen.find_wrk(None)
@@ -79,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{figures.requests_per_s:8.0f} req/s  p50 {figures.p50_ms:.3f} ms",
                             flush=True,
                         )
-    summary: dict[str, dict[str, float]] = {}
+    summary: dict[str, dict[str, float]] = {"in_process": in_process}
     for concurrency in CONCURRENCY:
         row: dict[str, float] = {}
         for mode in ("open", "keys"):
