@@ -19,6 +19,8 @@ from types import FrameType
 from typing import Any
 
 logger = logging.getLogger(__name__)
+# Long enough for the loop to read the requests of connections it has just accepted.
+_READ_GRACE_S = 0.5
 
 
 class Drain:
@@ -53,9 +55,24 @@ class Drain:
                     "SIGTERM: not ready; serving %.1f s more, then finishing requests in flight",
                     self.delay_s,
                 )
-                loop.call_soon_threadsafe(loop.call_later, self.delay_s, hand_over, number, None)
+                loop.call_soon_threadsafe(
+                    loop.call_later, self.delay_s, self._stop_accepting, hand_over, number
+                )
 
             signal.signal(sig, begin)
+
+    def _stop_accepting(self, hand_over: Any, number: int) -> None:
+        """Close the listeners, then give uvicorn the signal a moment later.
+
+        uvicorn's shutdown closes every connection that has no request under way, and a
+        connection accepted an instant before, whose request it has not read yet, counts
+        as one: its client would see a reset. Refusing new connections first, and waiting
+        until those already accepted have been read, leaves uvicorn only requests to finish.
+        """
+        # The handler uvicorn installed is its Server's bound method: the server it stops.
+        for listener in getattr(getattr(hand_over, "__self__", None), "servers", ()):
+            listener.close()
+        asyncio.get_running_loop().call_later(_READ_GRACE_S, hand_over, number, None)
 
     def uninstall(self) -> None:
         if threading.current_thread() is threading.main_thread():
