@@ -55,7 +55,8 @@ def _read_keys(inline: str, file: Path | None, setting: str) -> list[str]:
         except OSError as exc:
             raise KeyFileError(f"{setting}={file} cannot be read: {exc.strerror or exc}") from None
         # Blank lines and # comments let a key file say whose key is whose.
-        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        stripped = (line.strip() for line in lines)
+        keys += [line for line in stripped if line and not line.startswith("#")]
     return keys
 
 

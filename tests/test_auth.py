@@ -145,11 +145,12 @@ def test_without_keys_everything_is_open_as_before(repository: Path) -> None:
 
 def test_key_files_hold_one_key_a_line_with_comments(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    keys.write_text(f"# the web team\n{INFERENCE_KEY}\n\n  other-key  \n")
+    keys.write_text(f"# the web team\n{INFERENCE_KEY}\n\n  other-key  \n  # retired: old-key\n")
     ring = KeyRing.from_settings(Settings(api_keys_file=keys, admin_api_keys=ADMIN_KEY))
     assert ring.find(INFERENCE_KEY) is not None
     assert ring.find("other-key") is not None
     assert ring.find("# the web team") is None
+    assert ring.find("# retired: old-key") is None
     found = ring.find(ADMIN_KEY)
     assert found is not None
     assert found.id == key_id(ADMIN_KEY) != ADMIN_KEY
