@@ -71,7 +71,7 @@ def _startup_problem(settings: Settings) -> str | None:
         return None
     # One file: it is all there is to serve, so it must load. Each worker still loads its own.
     try:
-        ModelSession(settings.model_path, settings.device).self_test()
+        ModelSession(settings.model_path, settings.device, settings.session_tuning()).self_test()
     except ModelLoadError as exc:
         return str(exc)
     return None

@@ -49,8 +49,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             settings.policy(),
             LoadSettings(
                 device=settings.device,
-                intra_op_threads=settings.onnx_intra_op_threads(),
-                inter_op_threads=settings.inter_op_threads,
+                tuning=settings.session_tuning(),
                 batch_max_size=settings.batch_max_size,
                 batch_max_delay_s=settings.batch_max_delay_ms / 1000,
                 batch_queue_images=settings.batch_queue_images,

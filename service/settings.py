@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.models.policy import POLICY_HELP, PolicyError, VersionPolicy
+from service.models.session import ExecutionMode, GraphOptimization, SessionTuning
 
 
 class Settings(BaseSettings):
@@ -94,6 +95,26 @@ class Settings(BaseSettings):
         0, ge=0, description="onnxruntime threads inside one operator; 0: CPUs available / workers."
     )
     inter_op_threads: int = Field(1, ge=1, description="onnxruntime threads across operators.")
+    ort_graph_optimization: GraphOptimization = Field(
+        "all", description="onnxruntime graph optimisation level (all: fusions and layouts)."
+    )
+    ort_execution_mode: ExecutionMode = Field(
+        "sequential",
+        description="sequential: one operator at a time; this chain of layers "
+        "has nothing to run in parallel.",
+    )
+    ort_memory_arena: bool = Field(
+        True, description="onnxruntime's CPU memory arena: reuses buffers across calls."
+    )
+    ort_tensorrt: bool = Field(
+        False,
+        description="Run on onnxruntime's TensorRT provider (CUDA machines); refuses to start "
+        "when TensorRT is absent.",
+    )
+    ort_tensorrt_fp16: bool = Field(False, description="TensorRT in half precision.")
+    ort_tensorrt_cache_dir: Path | None = Field(
+        None, description="Writable directory for TensorRT's engine cache; unset: no cache."
+    )
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_images_per_request: int = Field(1024, ge=1, description="Most images in one request.")
@@ -135,6 +156,18 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, available_cpus() // self.worker_processes())
+
+    def session_tuning(self) -> SessionTuning:
+        return SessionTuning(
+            intra_op_threads=self.onnx_intra_op_threads(),
+            inter_op_threads=self.inter_op_threads,
+            graph_optimization=self.ort_graph_optimization,
+            execution_mode=self.ort_execution_mode,
+            memory_arena=self.ort_memory_arena,
+            tensorrt=self.ort_tensorrt,
+            tensorrt_fp16=self.ort_tensorrt_fp16,
+            tensorrt_cache_dir=self.ort_tensorrt_cache_dir,
+        )
 
 
 def available_cpus() -> int:

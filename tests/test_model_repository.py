@@ -13,6 +13,7 @@ from service.app import create_app
 from service.metrics import Metrics
 from service.models.policy import PolicyError, VersionPolicy
 from service.models.repository import LoadSettings, ModelRepository, VersionNotReadyError, scanner
+from service.models.session import SessionTuning
 from service.models.worker_state import WorkerState
 from service.settings import Settings
 from tests.model_files import failing_its_self_test, publish, truncated, with_wrong_signature
@@ -86,7 +87,7 @@ def make_repository(
     repository = ModelRepository(
         scanner(directory, Path("unused")),
         VersionPolicy.parse(policy),
-        LoadSettings("cpu", 1, 1, 64, 0.0, 1000),
+        LoadSettings("cpu", SessionTuning(), 64, 0.0, 1000),
         metrics,
         state or WorkerState(None),
     )

@@ -32,6 +32,7 @@ from service.models.session import (
     Device,
     ModelLoadError,
     ModelSession,
+    SessionTuning,
     release_native_memory,
 )
 from service.models.worker_state import Control, VersionReport, WorkerState
@@ -50,8 +51,7 @@ class State(StrEnum):
 @dataclass(frozen=True)
 class LoadSettings:
     device: Device
-    intra_op_threads: int
-    inter_op_threads: int
+    tuning: SessionTuning
     batch_max_size: int
     batch_max_delay_s: float
     batch_queue_images: int
@@ -328,12 +328,7 @@ class ModelRepository:
     def _open(self, path: Path) -> ModelSession:
         """Blocking: runs in a thread so that serving goes on meanwhile."""
         settings = self._load_settings
-        session = ModelSession(
-            path,
-            settings.device,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-        )
+        session = ModelSession(path, settings.device, settings.tuning)
         session.warm_up()
         session.self_test()
         return session

@@ -4,6 +4,7 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,9 +15,53 @@ from model_contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, ContractError, 
 
 logger = logging.getLogger(__name__)
 
+TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
+GraphOptimization = Literal["disabled", "basic", "extended", "all"]
+ExecutionMode = Literal["sequential", "parallel"]
+
+_GRAPH_OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXECUTION_MODE = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+
+
+@dataclass(frozen=True)
+class SessionTuning:
+    """How onnxruntime runs the model; the defaults are the measured best on the CPU
+    (``python -m bench.ort_options``)."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: GraphOptimization = "all"
+    execution_mode: ExecutionMode = "sequential"
+    memory_arena: bool = True
+    tensorrt: bool = False
+    tensorrt_fp16: bool = False
+    # TensorRT builds an engine per shape for minutes: a cache in a writable directory
+    # lets the next start (and the other workers) reuse it.
+    tensorrt_cache_dir: Path | None = None
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = _GRAPH_OPTIMIZATION[self.graph_optimization]
+        options.execution_mode = _EXECUTION_MODE[self.execution_mode]
+        options.enable_cpu_mem_arena = self.memory_arena
+        # Spinning pool threads would steal the cores that the event loop needs between
+        # batches; a parked thread wakes in microseconds, which a batch easily repays.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return options
 
 
 class ModelLoadError(Exception):
@@ -35,31 +80,27 @@ class ModelSession:
         self,
         path: Path,
         device: Device = "auto",
-        intra_op_threads: int = 1,
-        inter_op_threads: int = 1,
+        tuning: SessionTuning = SessionTuning(),
     ):
         self.path = path
         if not path.is_file():
             raise ModelLoadError(path, "no such file (train one with `mnist-train`)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        # Spinning pool threads would steal the cores that the event loop needs between
-        # batches; a parked thread wakes in microseconds, which a batch easily repays.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
-                str(path), options, providers=_providers_for(device, path)
+                str(path), tuning.session_options(), providers=_providers_for(device, tuning, path)
             )
         except ModelLoadError:
             raise
         except Exception as exc:  # onnxruntime raises bare RuntimeError-likes for bad files
             raise ModelLoadError(path, f"not a valid ONNX model ({exc})") from exc
         self.providers: list[str] = self._session.get_providers()
-        if device == "cuda" and self.providers[0] != CUDA:
+        if device == "cuda" and self.providers[0] not in (CUDA, TENSORRT):
             raise ModelLoadError(
                 path, f"MNIST_DEVICE=cuda but onnxruntime fell back to {self.providers}"
+            )
+        if tuning.tensorrt and self.providers[0] != TENSORRT:
+            raise ModelLoadError(
+                path, f"MNIST_ORT_TENSORRT=true but onnxruntime fell back to {self.providers}"
             )
         try:
             metadata = check_session(self._session)
@@ -100,8 +141,27 @@ class ModelSession:
         }
 
 
-def _providers_for(device: Device, path: Path) -> list[str]:
+Provider = str | tuple[str, dict[str, str]]
+
+
+def _providers_for(device: Device, tuning: SessionTuning, path: Path) -> list[Provider]:
     available = ort.get_available_providers()
+    if tuning.tensorrt:
+        # Asked for by name: never a silent fall back to a slower provider.
+        if device == "cpu" or TENSORRT not in available:
+            raise ModelLoadError(
+                path,
+                f"MNIST_ORT_TENSORRT=true but this onnxruntime on MNIST_DEVICE={device} has no "
+                f"TensorrtExecutionProvider (available: {available}); install onnxruntime-gpu "
+                "with TensorRT's libraries, or turn MNIST_ORT_TENSORRT off",
+            )
+        options = {"trt_fp16_enable": str(tuning.tensorrt_fp16).lower()}
+        if tuning.tensorrt_cache_dir is not None:
+            options |= {
+                "trt_engine_cache_enable": "true",
+                "trt_engine_cache_path": str(tuning.tensorrt_cache_dir),
+            }
+        return [(TENSORRT, options), CUDA, CPU]
     if device == "cpu":
         return [CPU]
     if CUDA in available:
