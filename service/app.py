@@ -18,6 +18,7 @@ from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
 from service.openapi import install_openapi
 from service.routes import (
+    docs,
     health,
     inference_protocol,
     metrics,
@@ -90,12 +91,16 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         lifespan=lifespan,
         # FastAPI's own request spans would be a second server span beside ours.
         telemetry={"tracing": False},
+        # Served by routes/docs.py, with their scripts pinned by hash.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings, app.state.metrics = settings, app_metrics
     app.state.drain, app.state.tracing = drain, tracing
     install_error_handlers(app)
     install_openapi(app, inference_protocol.router.prefix)
     for module in (
+        docs,
         predict,
         summary,
         health,

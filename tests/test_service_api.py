@@ -1,6 +1,7 @@
 """The API in-process (TestClient, lifespan included) with a real model from the training job."""
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,15 @@ def test_openapi_documents_every_body_kind_with_examples(client: TestClient) -> 
     for kind in ("application/json", "multipart/form-data", "image/png", "application/x-npy"):
         assert kind in content
     assert content["application/json"]["examples"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_pages_load_scripts_of_one_release_pinned_by_hash(
+    client: TestClient, path: str
+) -> None:
+    page = client.get(path)
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="(https://[^"]+)"\s+integrity="(sha384-[^"]+)"', page.text)
+    # Every script and stylesheet from elsewhere names an exact version and its hash.
+    assert len(assets) == len(re.findall(r'(?:src|href)="https://', page.text)) >= 1
+    assert all(re.search(r"@\d+\.\d+\.\d+/", url) for url, _ in assets)
