@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,14 +26,16 @@ def _exit_cleanly(number: int, frame: FrameType | None) -> None:
 def main() -> None:
     settings = Settings()
     workers = settings.worker_processes()
-    # Check before uvicorn: a bad setup then stops start-up with one line and exit 1, rather
-    # than a lifespan traceback, or exit 0 from uvicorn's supervisor of several workers.
-    problem = _startup_problem(settings)
-    if problem:
-        print(f"ERROR:    {problem}", file=sys.stderr)
-        raise SystemExit(1)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as shared:
+        if workers > 1 and settings.model_repository is None:
+            settings = _pin_model_file(settings, Path(shared))
+        # Check before uvicorn: a bad setup then stops start-up with one line and exit 1,
+        # rather than a lifespan traceback, or exit 0 from uvicorn's supervisor of workers.
+        problem = _startup_problem(settings)
+        if problem:
+            print(f"ERROR:    {problem}", file=sys.stderr)
+            raise SystemExit(1)
         if workers > 1:
             # Each worker counts in files here, so /metrics adds up all of them whichever
             # worker answers. Set before the workers start: prometheus-client reads it once.
@@ -56,6 +59,24 @@ def main() -> None:
             server_header=False,
             timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
         )
+
+
+def _pin_model_file(settings: Settings, shared: Path) -> Settings:
+    """Serve a private copy of the one model file, so that every worker serves the same one.
+
+    uvicorn restarts a worker that dies, and the new one loads the file as it is then: if
+    someone replaced it meanwhile, workers would answer with different models (or, with a
+    bad file, the new worker would fail). A versioned repository is the way to change
+    models while serving; a plain file is frozen at start-up.
+    """
+    if not settings.model_path.is_file():
+        return settings  # the start-up check says what is wrong with it
+    pinned = Path(shared, "model", settings.model_path.name)
+    pinned.parent.mkdir()
+    shutil.copyfile(settings.model_path, pinned)
+    os.environ["MNIST_MODEL_PATH"] = str(pinned)
+    print(f"INFO:     serving {settings.model_path} as copied at start-up", file=sys.stderr)
+    return settings.model_copy(update={"model_path": pinned})
 
 
 def _startup_problem(settings: Settings) -> str | None:

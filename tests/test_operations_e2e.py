@@ -3,6 +3,8 @@ replaced workers, and the headers every response carries."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -12,9 +14,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 import tritonclient.http as triton  # type: ignore[import-untyped]
 
+from model_contract import MODEL_CARD_KEY
 from tests.digits import encode
 from tests.server import REPO_ROOT, free_port, server_process, start_server, wait_until_ready
 from training.data import RawSplit
@@ -211,10 +215,19 @@ def worker_pids(supervisor: int) -> set[int]:
     return found
 
 
-def test_a_killed_worker_is_replaced_and_the_supervisor_exits_0_on_sigterm(
-    trained_model_path: Path,
+def test_a_killed_worker_is_replaced_serves_the_same_model_and_the_supervisor_exits_0(
+    trained_model_path: Path, tmp_path: Path
 ) -> None:
-    with server_process(trained_model_path, MNIST_WORKERS="2") as server:
+    model = tmp_path / "mnist.onnx"
+    shutil.copyfile(trained_model_path, model)
+    with server_process(model, MNIST_WORKERS="2") as server:
+        # Replaced while serving: the restarted worker must not pick the new file up.
+        other = onnx.load(model)
+        for prop in other.metadata_props:
+            if prop.key == MODEL_CARD_KEY:
+                card = json.loads(prop.value)
+                prop.value = json.dumps({**card, "id": "replaced-while-serving"})
+        onnx.save(other, model)
         supervisor = server.process.pid
         workers = worker_pids(supervisor)
         assert len(workers) == 2, workers
@@ -228,8 +241,17 @@ def test_a_killed_worker_is_replaced_and_the_supervisor_exits_0_on_sigterm(
             replaced = victim not in now and len(now) == 2
         assert replaced, "uvicorn did not start a new worker"
         with httpx.Client(base_url=server.url, timeout=10) as client:
-            for _ in range(20):
-                assert client.post("/predict", json={"image": [0] * 784}).status_code == 200
+            # A new connection each time, so that both workers answer some.
+            close = {"Connection": "close"}
+            answers = [
+                client.post("/predict", json={"image": [0] * 784}, headers=close) for _ in range(40)
+            ]
+            exported = client.get("/metrics").text
+        assert {answer.status_code for answer in answers} == {200}
+        assert {answer.json()["model"] for answer in answers} == {card["id"]}
+        # Whichever worker answered: what each live worker serves, as /metrics adds it up.
+        served = re.findall(r'^mnist_model_info\{[^}]*id="([^"]+)"[^}]*\} 1\.0$', exported, re.M)
+        assert set(served) == {card["id"]}
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
 
