@@ -123,6 +123,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        # ProcessCollector does not work in multiprocess mode: read /proc ourselves, per pid.
+        self.resident_memory = Gauge(
+            "mnist_process_resident_memory_bytes",
+            "Resident memory of each worker process.",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.open_fds = Gauge(
+            "mnist_process_open_fds",
+            "Open file descriptors of each worker process.",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+
+    def _sample_process(self) -> None:
+        try:
+            with open("/proc/self/statm") as statm:
+                pages = int(statm.read().split()[1])
+            self.resident_memory.set(pages * os.sysconf("SC_PAGE_SIZE"))
+            self.open_fds.set(len(os.listdir("/proc/self/fd")))
+        except OSError:
+            pass  # not Linux: no /proc, no such gauges
+
     def of_version(self, version: int) -> VersionMetrics:
         label = str(version)
         return VersionMetrics(
@@ -136,6 +159,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric, all workers added up."""
+        self._sample_process()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

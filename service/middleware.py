@@ -6,6 +6,7 @@ import time
 import uuid
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.drain import Drain
@@ -108,6 +109,11 @@ class AccessMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # The client left mid-body: nobody to answer, and no fault of ours, so 499 (as
+            # nginx counts it) rather than a 500 and a traceback for every impatient client.
+            status = 499
+            access_logger.info("client disconnected before sending its whole body")
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
