@@ -28,14 +28,15 @@ def main() -> None:
     workers = settings.worker_processes()
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as shared:
-        if workers > 1 and settings.model_repository is None:
-            settings = _pin_model_file(settings, Path(shared))
         # Check before uvicorn: a bad setup then stops start-up with one line and exit 1,
         # rather than a lifespan traceback, or exit 0 from uvicorn's supervisor of workers.
+        # The file checked is the one named in the settings, so the message names it too.
         problem = _startup_problem(settings)
         if problem:
             print(f"ERROR:    {problem}", file=sys.stderr)
             raise SystemExit(1)
+        if workers > 1 and settings.model_repository is None:
+            settings = _pin_model_file(settings, Path(shared))
         if workers > 1:
             # Each worker counts in files here, so /metrics adds up all of them whichever
             # worker answers. Set before the workers start: prometheus-client reads it once.
@@ -69,8 +70,6 @@ def _pin_model_file(settings: Settings, shared: Path) -> Settings:
     bad file, the new worker would fail). A versioned repository is the way to change
     models while serving; a plain file is frozen at start-up.
     """
-    if not settings.model_path.is_file():
-        return settings  # the start-up check says what is wrong with it
     pinned = Path(shared, "model", settings.model_path.name)
     pinned.parent.mkdir()
     shutil.copyfile(settings.model_path, pinned)
