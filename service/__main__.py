@@ -10,11 +10,13 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from service.auth import KeyFileError, KeyRing
 from service.logs import log_config
 from service.models.session import ModelLoadError, ModelSession
 from service.settings import Settings
+from service.supervisor import Supervisor, listening_sockets
 
 
 def _exit_cleanly(number: int, frame: FrameType | None) -> None:
@@ -45,13 +47,12 @@ def main() -> None:
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
             # And they share model-control state and their views of the versions here.
             os.environ.setdefault("MNIST_WORKER_STATE_DIR", str(Path(shared, "models")))
-        # uvicorn needs an import string to start several workers; each builds its own app.
-        uvicorn.run(
+        # An import string: each worker process builds its own app.
+        config = uvicorn.Config(
             "service.app:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,
-            workers=workers,
             log_level=settings.log_level,
             log_config=log_config(settings.log_format, settings.log_level),
             # The service writes one access line per request itself.
@@ -60,6 +61,33 @@ def main() -> None:
             server_header=False,
             timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
         )
+        if workers == 1:
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:
+                raise SystemExit(uvicorn.config.STARTUP_FAILURE)
+            return
+        try:
+            sockets = listening_sockets(settings.host, settings.port, workers)
+        except OSError as exc:
+            print(
+                f"ERROR:    cannot listen on {settings.host}:{settings.port}: {exc}",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+        supervisor = Supervisor(
+            config,
+            sockets,
+            stop_timeout_s=settings.drain_delay_s + settings.drain_timeout_s,
+            on_worker_exit=_forget_metrics,
+        )
+        raise SystemExit(supervisor.run())
+
+
+def _forget_metrics(pid: int) -> None:
+    """A dead worker's live gauges (queued images, loaded models) must not count on."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _pin_model_file(settings: Settings, shared: Path) -> Settings:

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         0,
         ge=0,
-        description="uvicorn worker processes, each with its own model and batcher; "
+        description="Worker processes, each with its own model and batcher; "
         "0: one per CPU available (Python serves one request at a time per process).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -252,8 +252,32 @@ def test_a_killed_worker_is_replaced_serves_the_same_model_and_the_supervisor_ex
         # Whichever worker answered: what each live worker serves, as /metrics adds it up.
         served = re.findall(r'^mnist_model_info\{[^}]*id="([^"]+)"[^}]*\} 1\.0$', exported, re.M)
         assert set(served) == {card["id"]}
+        # The dead worker's gauges went with it (liveall series carry the worker's pid).
+        assert f'pid="{victim}"' not in exported
+        assert f'pid="{min(worker_pids(supervisor))}"' in exported
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
+
+
+def test_a_worker_that_cannot_start_makes_the_server_exit_non_zero(
+    trained_model_path: Path, tmp_path: Path
+) -> None:
+    # The model loads (the start-up check passes), but each worker's own set-up fails:
+    # its shared state directory is a file. uvicorn's supervisor would exit 0 here.
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")
+    server = start_server(
+        trained_model_path,
+        free_port(),
+        MNIST_WORKERS="2",
+        MNIST_WORKER_STATE_DIR=str(not_a_directory),
+    )
+    try:
+        output, _ = server.communicate(timeout=120)
+    finally:
+        server.kill()
+    assert server.returncode == 1, output[-3000:]
+    assert "failed to start" in output
 
 
 def test_every_response_has_the_hygiene_headers_and_no_server_version(
