@@ -48,13 +48,20 @@ class RunningServer:
     """Context manager: starts the server, waits for /health/ready (bounded), stops it."""
 
     def __init__(
-        self, model: Path, device: str, config: ServerConfig, log_path: Path, ready_timeout_s: float
+        self,
+        model: Path,
+        device: str,
+        config: ServerConfig,
+        log_path: Path,
+        ready_timeout_s: float,
+        repo: Path = REPO_ROOT,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._env = server_env(model, device, self.port, config)
         self._log_path = log_path
         self._ready_timeout_s = ready_timeout_s
+        self._repo = repo
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,7 +75,7 @@ class RunningServer:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "service"],
                 env=self._env,
-                cwd=REPO_ROOT,
+                cwd=self._repo,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
