@@ -20,7 +20,11 @@ from typing import Any
 
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from service.settings import Settings
@@ -30,8 +34,8 @@ logger = logging.getLogger(__name__)
 # long enough for any client that is really asking, short enough that a flood of silent
 # connections cannot run the worker out of file descriptors.
 OVER_CAP_HEADER_TIMEOUT_S = 1.0
-# After a 431 the client may still be sending its headers; closing with its bytes unread
-# would reset the connection and lose the answer, so they are read and dropped this long.
+# After an early answer (431, 413) the client may still be sending; closing with its bytes
+# unread would reset the connection and lose the answer, so they are read and dropped this long.
 LINGER_S = 1.0
 
 
@@ -137,9 +141,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Answered before the body was in (413, 408, a route that does not read it): the
-        # rest of the body would keep the connection open for as long as it trickles.
+        # Answered before the body was in (413, a route that does not read it): the rest of
+        # the body would keep the connection open for as long as it trickles. It is read and
+        # dropped a moment, so that a client still sending reads its answer, not a reset.
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self.loop.call_later(LINGER_S, self._close_if_body_unfinished, self.cycle)
+
+    def _close_if_body_unfinished(self, cycle: RequestResponseCycle) -> None:
+        if self.cycle is cycle and cycle.more_body and not self.transport.is_closing():
             self.transport.close()
 
     # Limits

@@ -244,3 +244,28 @@ def test_sigterm_with_a_trickling_upload_exits_within_the_drain_deadline(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_a_body_answered_early_does_not_keep_the_connection_open(server: Server) -> None:
+    with connect(server.url) as conn:
+        # Over MNIST_MAX_BODY_BYTES by its Content-Length: 413 before any body is read.
+        conn.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        conn.settimeout(0.3)
+        received, started = b"", time.monotonic()
+        while time.monotonic() - started < 5:
+            try:
+                conn.sendall(b" ")
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        elapsed = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 413 "), received[:200]
+    assert elapsed <= 1.0 + SLACK_S, f"held {elapsed:.1f} s after its answer"
