@@ -1,6 +1,5 @@
 """`mnist-serve` / `python -m service`: run the API under uvicorn with the MNIST_* settings."""
 
-import math
 import os
 import shutil
 import signal
@@ -13,6 +12,7 @@ import uvicorn
 from prometheus_client import multiprocess
 
 from service.auth import KeyFileError, KeyRing
+from service.http_protocol import uvicorn_limits
 from service.logs import log_config
 from service.models.session import ModelLoadError, ModelSession
 from service.settings import Settings
@@ -59,7 +59,7 @@ def main() -> None:
             access_log=False,
             # No "server: uvicorn": versions are nobody's business.
             server_header=False,
-            timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
+            **uvicorn_limits(settings),
         )
         if workers == 1:
             server = uvicorn.Server(config)

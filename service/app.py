@@ -29,6 +29,7 @@ from service.routes import (
     ui,
 )
 from service.settings import Settings
+from service.timeouts import BodyTimeoutMiddleware
 from service.tracing import Tracing, TracingMiddleware
 
 logger = logging.getLogger("service")
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         app.include_router(module.router)
     # Innermost first: each one added wraps those before it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     if keys:
         app.add_middleware(AuthMiddleware, keys=keys, settings=settings, metrics=app_metrics)
     if settings.origins():

@@ -91,6 +91,29 @@ class Settings(BaseSettings):
         description="Then: the longest wait for requests in flight to finish before exiting.",
     )
 
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for a request's headers, from the connection (or the first "
+        "byte of a next request) on; then the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for a whole request body once its headers are in; then 408.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line and headers (431 beyond)."
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections one worker serves at once; requests on more get 503 at once.",
+    )
+
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads inside one operator; 0: CPUs available / workers."
     )
