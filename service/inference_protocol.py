@@ -16,6 +16,7 @@ model card's id (a training run) is reported in the model config.
 
 import math
 import zlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,61 +252,87 @@ def _decode_inputs(
             400,
         )
     [tensor] = inputs
-    dtype = _input_dtype(tensor)
-    count = _image_count(tensor, max_images)
+    spec = check_tensor(tensor.name, tensor.datatype, tensor.shape, max_images)
     parameters = _checked_parameters(tensor.parameters, f"input {tensor.name!r}")
     size = parameters.get("binary_data_size")
     if size is None:
-        values = _values_from_json(tensor, dtype, count * _PIXELS)
-        consumed = 0
-    else:
-        values = _values_from_binary(tensor, size, binary, dtype, count * _PIXELS)
-        consumed = int(size)
-    return _to_model_input(values, dtype, count, tensor.name), consumed
+        return _images_from_json(tensor, spec), 0
+    _check_binary(tensor, size, binary, spec)
+    return images_from_bytes(binary, spec), int(size)
 
 
-def _input_dtype(tensor: RequestInput) -> np.dtype[Any]:
-    dtype = INPUT_DATATYPES.get(tensor.datatype)
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input tensor's header, checked: what its values must then be."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    count: int  # images
+
+    @property
+    def values(self) -> int:
+        return self.count * _PIXELS
+
+    @property
+    def nbytes(self) -> int:
+        return self.values * self.dtype.itemsize
+
+
+def check_tensor(name: str, datatype: str, shape: Sequence[int], max_images: int) -> TensorSpec:
+    """The input's name, datatype and shape, as REST and gRPC both check them."""
+    if name != INPUT_NAME:
+        raise InputError(
+            f"model {MODEL_NAME!r} takes exactly one input, {INPUT_NAME!r} "
+            f"([-1, {', '.join(map(str, IMAGE_SHAPE))}], FP32 or UINT8); got input {name!r}",
+            400,
+        )
+    dtype = INPUT_DATATYPES.get(datatype)
     if dtype is None:
         raise InputError(
-            f"input {tensor.name!r} has datatype {tensor.datatype!r}: send FP32 (values in "
+            f"input {name!r} has datatype {datatype!r}: send FP32 (values in "
             "[0, 1]) or UINT8 (grey levels 0-255)",
             400,
         )
-    return dtype
+    shape = tuple(shape)
+    return TensorSpec(name, datatype, shape, dtype, _image_count(name, shape, max_images))
 
 
-def _image_count(tensor: RequestInput, max_images: int) -> int:
+def _image_count(name: str, shape: tuple[int, ...], max_images: int) -> int:
     expected = f"[N, {', '.join(map(str, IMAGE_SHAPE))}]"
-    if len(tensor.shape) != 1 + len(IMAGE_SHAPE) or tuple(tensor.shape[1:]) != IMAGE_SHAPE:
+    if len(shape) != 1 + len(IMAGE_SHAPE) or shape[1:] != IMAGE_SHAPE:
         raise InputError(
-            f"input {tensor.name!r} has shape {tensor.shape}; it must be {expected}, "
+            f"input {name!r} has shape {list(shape)}; it must be {expected}, "
             "N images of 28x28 pixels and one channel",
             400,
         )
-    count = tensor.shape[0]
+    count = shape[0]
     if count < 1:
-        raise InputError(
-            f"input {tensor.name!r} has shape {tensor.shape}: send at least 1 image", 400
-        )
+        raise InputError(f"input {name!r} has shape {list(shape)}: send at least 1 image", 400)
     if count > max_images:
         raise InputError(
-            f"input {tensor.name!r} holds {count} images, over the {max_images} a request "
+            f"input {name!r} holds {count} images, over the {max_images} a request "
             "may carry (MNIST_MAX_IMAGES_PER_REQUEST): split it over several requests",
             413,
         )
     return count
 
 
+def check_parameter_names(names: Collection[str], what: str) -> None:
+    """Refuses the parameters of extensions this server does not implement."""
+    for key, why in _UNSUPPORTED_PARAMETERS.items():
+        if key in names:
+            raise InputError(f"{what} has parameter {key!r}: {why}", 400)
+
+
 def _checked_parameters(parameters: Parameters | None, what: str) -> Parameters:
     parameters = parameters or {}
-    for key, why in _UNSUPPORTED_PARAMETERS.items():
-        if key in parameters:
-            raise InputError(f"{what} has parameter {key!r}: {why}", 400)
+    check_parameter_names(parameters.keys(), what)
     return parameters
 
 
-def _values_from_json(tensor: RequestInput, dtype: np.dtype[Any], expected: int) -> np.ndarray:
+def _images_from_json(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     if tensor.data is None:
         raise InputError(
             f"input {tensor.name!r} has neither data nor parameters.binary_data_size: send "
@@ -327,36 +354,37 @@ def _values_from_json(tensor: RequestInput, dtype: np.dtype[Any], expected: int)
             "it flat or nested to the input's shape",
             400,
         ) from None
+    return images_from_values(values, spec)
+
+
+def images_from_values(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Typed values (JSON data, gRPC contents) -> the model's input, once checked."""
     integers = values.dtype.kind in "iu"
-    if not (integers or (values.dtype.kind == "f" and dtype.kind == "f")):
-        wanted = "integers 0-255" if dtype.kind == "u" else "numbers in [0, 1]"
+    if not (integers or (values.dtype.kind == "f" and spec.dtype.kind == "f")):
+        wanted = "integers 0-255" if spec.dtype.kind == "u" else "numbers in [0, 1]"
         raise InputError(
-            f"input {tensor.name!r} ({tensor.datatype}): data must hold only {wanted}, "
+            f"input {spec.name!r} ({spec.datatype}): data must hold only {wanted}, "
             f"got values of type {values.dtype}",
             400,
         )
-    if values.size != expected:
+    if values.size != spec.values:
         raise InputError(
-            f"input {tensor.name!r}: data has {values.size} values but shape {tensor.shape} "
-            f"needs {expected}",
+            f"input {spec.name!r}: data has {values.size} values but shape {list(spec.shape)} "
+            f"needs {spec.values}",
             400,
         )
     if integers and values.size and (values.min() < 0 or values.max() > 255):
         raise InputError(
-            f"input {tensor.name!r} ({tensor.datatype}): values must be in 0-255 "
+            f"input {spec.name!r} ({spec.datatype}): values must be in 0-255 "
             f"(UINT8 grey levels) or [0, 1] (FP32), got {values.min()} to {values.max()}",
             400,
         )
-    return values.astype(dtype, copy=False)
+    return _to_model_input(values.astype(spec.dtype, copy=False), spec)
 
 
-def _values_from_binary(
-    tensor: RequestInput,
-    size: bool | int | float | str,
-    binary: memoryview,
-    dtype: np.dtype[Any],
-    expected: int,
-) -> np.ndarray:
+def _check_binary(
+    tensor: RequestInput, size: bool | int | float | str, binary: memoryview, spec: TensorSpec
+) -> None:
     if tensor.data is not None:
         raise InputError(
             f"input {tensor.name!r} has both data and binary_data_size: send its values once",
@@ -369,25 +397,37 @@ def _values_from_binary(
             "length",
             400,
         )
-    needed = expected * dtype.itemsize
-    if isinstance(size, bool) or not isinstance(size, int) or size != needed:
+    if isinstance(size, bool) or not isinstance(size, int) or size != spec.nbytes:
         raise InputError(
             f"input {tensor.name!r}: binary_data_size is {size!r} but {tensor.datatype} shape "
-            f"{tensor.shape} takes {needed} bytes",
+            f"{tensor.shape} takes {spec.nbytes} bytes",
             400,
         )
-    if len(binary) < needed:
+    if len(binary) < spec.nbytes:
         raise InputError(
-            f"input {tensor.name!r}: binary_data_size is {needed} but only {len(binary)} "
+            f"input {tensor.name!r}: binary_data_size is {spec.nbytes} but only {len(binary)} "
             "bytes follow the JSON header",
             400,
         )
+
+
+def images_from_bytes(data: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+    """Little-endian tensor bytes (REST binary data, gRPC raw contents) -> the model's
+    input; ``data`` may run on past the tensor (REST's next tensors), never fall short."""
+    if len(data) < spec.nbytes:
+        raise InputError(
+            f"input {spec.name!r}: {spec.datatype} shape {list(spec.shape)} takes "
+            f"{spec.nbytes} bytes, got {len(data)}",
+            400,
+        )
     # A copy: the body's bytes are read-only and the slice may be misaligned for float32.
-    return np.frombuffer(binary[:needed], dtype=dtype).copy()
+    values = np.frombuffer(memoryview(data)[: spec.nbytes], dtype=spec.dtype).copy()
+    return _to_model_input(values, spec)
 
 
-def _to_model_input(values: np.ndarray, dtype: np.dtype[Any], count: int, name: str) -> np.ndarray:
-    if dtype.kind == "u":
+def _to_model_input(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    name = spec.name
+    if spec.dtype.kind == "u":
         images = values.astype(np.float32) / np.float32(255)
     else:
         images = values.astype(np.float32, copy=False)
@@ -403,7 +443,7 @@ def _to_model_input(values: np.ndarray, dtype: np.dtype[Any], count: int, name: 
                 "[0, 1]: divide 0-255 grey levels by 255, or send UINT8",
                 400,
             )
-    return images.reshape(count, *IMAGE_SHAPE)
+    return images.reshape(spec.count, *IMAGE_SHAPE)
 
 
 def _requested_outputs(request: InferenceRequest) -> tuple[RequestedOutput, ...]:
