@@ -4,6 +4,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 settings.model_repository,
             )
         app.state.repository = repository
+        grpc_server = await _start_grpc(app, settings, repository, keys, drain, app_metrics)
         _log_access_control(settings, keys)
         drain.install()
         # What start-up built lives as long as the process: moving it out of the collector's
@@ -82,6 +84,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             yield
         finally:
             drain.uninstall()
+            if grpc_server is not None:
+                # uvicorn has drained REST by now; gRPC gets as long again for its own calls.
+                await grpc_server.stop(grace=settings.drain_timeout_s)
             await repository.stop()
             await tracing.shutdown()
 
@@ -131,6 +136,24 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # Added last, so outermost: the span also covers what the middleware above answers.
     app.add_middleware(TracingMiddleware, tracing=tracing)
     return app
+
+
+async def _start_grpc(
+    app: FastAPI,
+    settings: Settings,
+    repository: ModelRepository,
+    keys: KeyRing,
+    drain: Drain,
+    metrics: Metrics,
+) -> Any:
+    """The gRPC server, when MNIST_GRPC_PORT asks for one; None otherwise."""
+    if not settings.grpc_port:
+        return None
+    # Imported only here: without a gRPC port the service needs neither grpcio nor the stubs.
+    from service.grpc_server import InferenceServicer, start_grpc_server
+
+    servicer = InferenceServicer(repository, settings, keys, drain, metrics, app.version)
+    return await start_grpc_server(servicer, settings)
 
 
 def _log_access_control(settings: Settings, keys: KeyRing) -> None:

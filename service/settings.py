@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC (Triton's is 8001), on "
+        "MNIST_HOST; 0: no gRPC.",
+    )
     workers: int = Field(
         0,
         ge=0,
