@@ -2,13 +2,17 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import orjson
+from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from service.admission import AdmissionMiddleware
+from service.app import create_app
 from service.deadlines import REQUEST_DEADLINE
 from service.metrics import Metrics
+from service.settings import Settings
 
 
 class HeldApp:
@@ -89,3 +93,26 @@ async def test_each_admitted_request_carries_its_deadline() -> None:
     unlimited = AdmissionMiddleware(inner, max_inflight=4, timeout_s=0, metrics=Metrics())
     await call(unlimited, scope("/predict"))
     assert inner.deadlines[-1] is None
+
+
+# A bar three pixels wide: the model reads it as a 1.
+BAR = [[1.0 if 13 <= c <= 15 and 4 <= r <= 23 else 0.0 for c in range(28)] for r in range(28)]
+
+
+def test_a_request_past_its_deadline_gets_504_and_is_counted(trained_model_path: Path) -> None:
+    # 100 ns: gone by the time the body is parsed, so the batcher refuses it unrun.
+    settings = Settings(
+        model_path=trained_model_path,
+        device="cpu",
+        request_timeout_ms=0.0001,
+        max_images_per_request=1,
+    )
+    with TestClient(create_app(settings)) as client:
+        late = client.post("/predict", json={"image": BAR})
+        assert late.status_code == 504
+        assert "MNIST_REQUEST_TIMEOUT_MS" in late.json()["detail"]
+        too_many = client.post("/predict", json={"images": [BAR, BAR]})
+        assert too_many.status_code == 413
+        metrics = client.get("/metrics").text
+    assert 'mnist_rejected_requests_total{reason="deadline"} 1.0' in metrics
+    assert 'mnist_rejected_requests_total{reason="too_large"} 1.0' in metrics
