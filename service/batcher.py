@@ -158,6 +158,9 @@ class Batcher:
             return
         self._metrics.expired.inc()
         job.future.set_exception(DeadlineExceededError(time.perf_counter() - job.queued_at))
+        # Marked as retrieved: a client that left already would leave it unread, and
+        # asyncio would log it as a lost exception. Whoever still waits gets it all the same.
+        job.future.exception()
         if not job.settled:
             # Not taken yet: it frees its place now, and the batcher skips it.
             job.settled = True
