@@ -155,7 +155,33 @@ class Settings(BaseSettings):
         "while the previous batch ran, so a lone request never waits.",
     )
     batch_queue_images: int = Field(
-        8192, ge=1, description="Images waiting for inference before new requests get 503."
+        8192,
+        ge=1,
+        description="Images of interactive requests waiting for inference before new ones get 503.",
+    )
+    batch_queue_bulk_images: int = Field(
+        8192,
+        ge=1,
+        description="The same for bulk requests, queued apart: a flood of big batches fills "
+        "only this queue.",
+    )
+    interactive_max_images: int = Field(
+        8,
+        ge=1,
+        description="Requests of at most this many images are interactive: batches take them "
+        "first, bulk keeps a quarter of the images.",
+    )
+    max_inflight_requests: int = Field(
+        512,
+        ge=1,
+        description="Inference requests in progress per worker before new ones get 503, "
+        "refused before their body is read.",
+    )
+    request_timeout_ms: float = Field(
+        10_000,
+        ge=0,
+        description="Deadline of an inference request from its arrival: one still waiting "
+        "for the model then gets 504 and is never run; 0: no deadline.",
     )
 
     @field_validator("version_policy")

@@ -105,6 +105,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Content type or image format not accepted.",
         422: "Well-formed but wrong: shapes, value ranges, NaN, blank image, version.",
         503: "No version ready yet, or queue full: retry after the Retry-After seconds.",
+        504: "Its deadline (MNIST_REQUEST_TIMEOUT_MS) passed before the model ran it.",
     }.items()
 }
 
