@@ -5,11 +5,10 @@ values to files there and a scrape adds up all workers, whichever one answers it
 """
 
 import os
-import re
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Sub-millisecond buckets: a single-image inference here takes ~0.1 ms.
 _FAST_BUCKETS = (
@@ -167,44 +166,7 @@ class Metrics:
         """The Prometheus text exposition of every metric, all workers added up."""
         self._sample_process()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
-
-
-# gauge_livesum_1234.db, gauge_liveall_1234.db, ...: the live gauges of worker 1234.
-_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
-
-
-def forget_dead_workers(directory: str) -> list[int]:
-    """Removes the live gauges of worker processes that are gone; returns their pids.
-
-    A killed worker never cleans up after itself, so its last values (a full queue, say)
-    would be added to every scrape for good. Done at scrape time, by whichever worker
-    answers: no supervisor hook needed, and its own counters stay, as Prometheus expects.
-    """
-    pids = set()
-    for name in os.listdir(directory):
-        if found := _LIVE_GAUGE_FILE.fullmatch(name):
-            pids.add(int(found.group(1)))
-    dead = sorted(pid for pid in pids if not _alive(pid))
-    for pid in dead:
-        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-    return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive, if not ours
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # A killed worker its supervisor has not reaped yet is a zombie: dead all the same.
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill(0)
