@@ -420,7 +420,6 @@ def open_image(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
     image = _open(data, max_pixels)
     try:
         if image.format == "JPEG":
-            _check_jpeg_data(data, image.size)
             _draft(image)
         needed = decoded_bytes(image)
         if needed > max_bytes:
@@ -562,6 +561,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             status=400,
         ) from None
     width, height = image.size
+    if kind == "JPEG":
+        # Before the size limits: a file that cannot hold what its header says is corrupt,
+        # whatever size it claims.
+        try:
+            _check_jpeg_data(data, image.size)
+        except InputError:
+            image.close()
+            raise
     limit = (
         max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
     )
