@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.admission import AdmissionMiddleware
 from service.auth import AuthMiddleware, KeyRing
+from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -76,6 +77,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 settings.model_repository,
             )
         app.state.repository = repository
+        # Made here, not in create_app: its semaphore belongs to the loop that serves.
+        app.state.decode_budget = DecodeBudget(
+            settings.image_decode_concurrency(), settings.decode_memory_bytes
+        )
         _log_access_control(settings, keys)
         drain.install()
         # What start-up built lives as long as the process: moving it out of the collector's

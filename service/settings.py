@@ -142,7 +142,27 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_images_per_request: int = Field(1024, ge=1, description="Most images in one request.")
     max_image_pixels: int = Field(
-        40_000_000, ge=784, description="Largest decoded image (width x height): bomb guard."
+        16_000_000,
+        ge=784,
+        description="Largest image file, width x height as its header says: bomb guard.",
+    )
+    max_image_bytes: int = Field(
+        16_000_000,
+        ge=784,
+        description="Most memory one image's pixels may take once decoded, from its header "
+        "(1 byte a pixel for grey, 4 for RGB(A)); big JPEGs count at the reduced scale "
+        "they are decoded at.",
+    )
+    decode_concurrency: int = Field(
+        0,
+        ge=0,
+        description="Image files decoded at once per worker; 0: CPUs available / workers.",
+    )
+    decode_memory_bytes: int = Field(
+        256_000_000,
+        ge=784,
+        description="Per worker: decoded image bytes admitted at once (decoding or waiting "
+        "to); a request beyond gets 503 with Retry-After.",
     )
 
     batch_max_size: int = Field(
@@ -204,6 +224,11 @@ class Settings(BaseSettings):
     def onnx_intra_op_threads(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
+        return max(1, available_cpus() // self.worker_processes())
+
+    def image_decode_concurrency(self) -> int:
+        if self.decode_concurrency:
+            return self.decode_concurrency
         return max(1, available_cpus() // self.worker_processes())
 
     def session_tuning(self) -> SessionTuning:
