@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         app.state.repository = repository
         # Made here, not in create_app: its semaphore belongs to the loop that serves.
         app.state.decode_budget = DecodeBudget(
-            settings.image_decode_concurrency(), settings.decode_memory_bytes
+            settings.image_decode_concurrency(),
+            settings.decode_memory_bytes,
+            on_refused=app_metrics.rejected.labels("decode_budget").inc,
         )
         _log_access_control(settings, keys)
         drain.install()

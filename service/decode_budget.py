@@ -7,7 +7,7 @@ of big images costs a retry, never a resident set that grows with the burst.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from service.errors import InputError
@@ -16,7 +16,9 @@ RETRY_AFTER_S = 1
 
 
 class DecodeBudget:
-    def __init__(self, concurrency: int, memory_bytes: int) -> None:
+    def __init__(
+        self, concurrency: int, memory_bytes: int, on_refused: Callable[[], object] = lambda: None
+    ) -> None:
         if concurrency < 1 or memory_bytes < 1:
             raise ValueError(
                 f"concurrency and memory must be positive: {concurrency}, {memory_bytes}"
@@ -24,6 +26,7 @@ class DecodeBudget:
         self.concurrency = concurrency
         self.memory_bytes = memory_bytes
         self.admitted_bytes = 0
+        self._on_refused = on_refused
         self._slots = asyncio.Semaphore(concurrency)
 
     @asynccontextmanager
@@ -41,6 +44,7 @@ class DecodeBudget:
                 status=413,
             )
         if self.admitted_bytes + needed_bytes > self.memory_bytes:
+            self._on_refused()
             raise InputError(
                 f"too many large images are being decoded: {self.admitted_bytes:,} of "
                 f"{self.memory_bytes:,} bytes are taken; retry after {RETRY_AFTER_S} s, or "

@@ -98,8 +98,9 @@ class Metrics:
         self.rejected = Counter(
             "mnist_rejected_requests",
             "Inference requests refused, by reason: queue_full (503), inflight_limit (503, "
-            "before the body is read), deadline (504, MNIST_REQUEST_TIMEOUT_MS passed while "
-            "queued), too_large (413: body or image count over the limits).",
+            "before the body is read), decode_budget (503: big images decoding at once), "
+            "deadline (504, MNIST_REQUEST_TIMEOUT_MS passed while queued), too_large (413: "
+            "body or image count over the limits).",
             ["reason"],
             registry=self.registry,
         )

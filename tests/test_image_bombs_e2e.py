@@ -2,6 +2,7 @@
 lies about its size are refused from their headers, and a burst of the largest images the
 limits allow leaves the worker's resident memory near where it was."""
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,9 +99,15 @@ def test_more_than_the_decode_budget_at_once_gets_503_with_retry_after(
     budget = {"MNIST_DECODE_CONCURRENCY": "1", "MNIST_DECODE_MEMORY_BYTES": "40000000"}
     with server_process(trained_model_path, MNIST_WORKERS="1", **budget) as small:
         answers = burst(small.url, blank_png(2_000, 2_000, "RGBA"), "image/png")
+        exported = httpx.get(f"{small.url}/metrics", timeout=10).text
     codes = sorted(a.status_code for a in answers)
     assert 503 in codes, codes
     assert 422 in codes, codes
     refused = next(a for a in answers if a.status_code == 503)
     assert refused.headers["retry-after"] == "1"
     assert "retry after 1 s" in refused.json()["detail"]
+    counted = re.search(
+        r'^mnist_rejected_requests_total\{reason="decode_budget"\} (\S+)$', exported, re.M
+    )
+    assert counted is not None
+    assert float(counted.group(1)) == codes.count(503)
