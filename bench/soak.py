@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument("--wrk", default=None)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/soak")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout to serve from")
     return parser.parse_args(argv)
 
 
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig("soak", {"MNIST_WORKERS": str(args.workers)})
     with (
         tempfile.TemporaryDirectory() as scratch,
-        RunningServer(model, "cpu", config, args.out / "server.log", ready_timeout_s=120) as server,
+        RunningServer(
+            model, "cpu", config, args.out / "server.log", ready_timeout_s=120, repo=args.repo
+        ) as server,
     ):
         bodies = []
         for payload in payloads:

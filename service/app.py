@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.admission import AdmissionMiddleware
 from service.auth import AuthMiddleware, KeyRing
+from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 batch_max_size=settings.batch_max_size,
                 batch_max_delay_s=settings.batch_max_delay_ms / 1000,
                 batch_queue_images=settings.batch_queue_images,
+                batch_queue_bulk_images=settings.batch_queue_bulk_images,
+                interactive_max_images=settings.interactive_max_images,
             ),
             app_metrics,
             WorkerState(settings.worker_state_dir),
@@ -74,6 +78,12 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 settings.model_repository,
             )
         app.state.repository = repository
+        # Made here, not in create_app: its semaphore belongs to the loop that serves.
+        app.state.decode_budget = DecodeBudget(
+            settings.image_decode_concurrency(),
+            settings.decode_memory_bytes,
+            on_refused=app_metrics.rejected.labels("decode_budget").inc,
+        )
         grpc_server = await _start_grpc(app, settings, repository, keys, drain, app_metrics)
         _log_access_control(settings, keys)
         drain.install()
@@ -122,6 +132,14 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     if keys:
         app.add_middleware(AuthMiddleware, keys=keys, settings=settings, metrics=app_metrics)
+    # Outside authentication, so an overloaded worker refuses without hashing keys or
+    # reading bodies; inside CORS, so browsers can read the 503.
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_inflight=settings.max_inflight_requests,
+        timeout_s=settings.request_timeout_ms / 1000,
+        metrics=app_metrics,
+    )
     if settings.origins():
         app.add_middleware(
             CORSMiddleware,

@@ -4,16 +4,23 @@ Requests queue up while a batch is running, so the next batch takes all of them 
 under load batches grow by themselves, and a lone request never waits for company unless
 ``max_delay`` asks it to. Inference runs on one dedicated thread, so the event loop never
 blocks and onnxruntime's own intra-op threads are not oversubscribed.
+
+Interactive jobs (a few images) and bulk jobs queue apart, each queue with its own limit,
+so a flood of big batches fills only its own queue. Batches take interactive jobs first,
+but while both queues wait bulk gets a guaranteed share of the images, so neither starves.
+A job whose request deadline passes while it waits is answered 504 at once and never run.
 """
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from service.deadlines import REQUEST_DEADLINE, DeadlineExceededError
 from service.errors import InputError
 from service.metrics import VersionMetrics
 
@@ -46,17 +53,27 @@ class Inference(NamedTuple):
 class _Job:
     images: np.ndarray
     future: asyncio.Future[Inference]
+    bulk: bool
     queued_at: float = field(default_factory=time.perf_counter)
     queued_ns: int = field(default_factory=time.time_ns)
+    # Set once the batcher took it, or once its deadline dropped it: whoever comes second
+    # leaves its images' place in the queue alone.
+    settled: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 class QueueFullError(InputError):
-    def __init__(self, queued: int, limit: int):
+    def __init__(self, queued: int, limit: int, kind: str = "inference"):
         super().__init__(
-            f"server busy: {queued} images already queued (limit {limit}); retry shortly",
+            f"server busy: {queued} images already queued for {kind} (limit {limit}); "
+            "retry shortly",
             status=503,
             headers={"Retry-After": "1"},
         )
+
+
+# While both queues wait, at least this fraction of the images run are bulk ones.
+BULK_SHARE = 0.25
 
 
 class Batcher:
@@ -67,15 +84,21 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queued_images: int,
+        *,
+        interactive_max_images: int = 8,
+        max_queued_bulk_images: int | None = None,
     ):
         self._model = model
         self._metrics = metrics
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
-        self._max_queued_images = max_queued_images
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._held: list[_Job] = []
-        self._queued_images = 0
+        self._interactive_max_images = interactive_max_images
+        self._limits = {False: max_queued_images, True: max_queued_bulk_images or max_queued_images}
+        self._queues: dict[bool, deque[_Job]] = {False: deque(), True: deque()}
+        self._queued = {False: 0, True: 0}
+        # Images run per kind while both queues were waiting: what the bulk share is kept by.
+        self._served = {False: 0, True: 0}
+        self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
 
@@ -96,22 +119,56 @@ class Batcher:
             self._worker = None
         self._executor.shutdown(wait=True)
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
+    async def predict(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """float32 (N, 28, 28, 1) -> (N, 10), coalesced with whatever else is queued."""
-        return (await self.infer(images)).probabilities
+        return (await self.infer(images, deadline)).probabilities
 
-    async def infer(self, images: np.ndarray) -> Inference:
-        """``predict``, with the times of the job's wait and of the batch it ran in."""
+    async def infer(self, images: np.ndarray, deadline: float | None = None) -> Inference:
+        """``predict``, with the times of the job's wait and of the batch it ran in.
+
+        ``deadline`` (a ``time.perf_counter()`` value; default: the request's, see
+        service.deadlines): past it the job is not run and the wait ends in a 504.
+        """
         n = len(images)
-        if self._queued_images + n > self._max_queued_images:
+        bulk = n > self._interactive_max_images
+        limit = self._limits[bulk]
+        if self._queued[bulk] + n > limit:
             self._metrics.rejected.inc()
-            raise QueueFullError(self._queued_images, self._max_queued_images)
-        job = _Job(images, asyncio.get_running_loop().create_future())
-        self._queued_images += n
-        self._metrics.queued_images.set(self._queued_images)
-        self._queue.put_nowait(job)
+            raise QueueFullError(
+                self._queued[bulk], limit, "bulk requests" if bulk else "single images"
+            )
+        if deadline is None:
+            deadline = REQUEST_DEADLINE.get()
+        loop = asyncio.get_running_loop()
+        job = _Job(images, loop.create_future(), bulk)
+        if deadline is not None:
+            if deadline <= job.queued_at:
+                self._metrics.expired.inc()
+                raise DeadlineExceededError(0.0)
+            job.timer = loop.call_at(loop.time() + (deadline - job.queued_at), self._expire, job)
+        self._queued[bulk] += n
+        self._metrics.queued_images.set(self._queued[False] + self._queued[True])
+        self._queues[bulk].append(job)
+        self._arrived.set()
         # A client that disconnects cancels only its own wait: the shared batch runs on.
         return await asyncio.shield(job.future)
+
+    def _expire(self, job: _Job) -> None:
+        if job.future.done():
+            return
+        self._metrics.expired.inc()
+        job.future.set_exception(DeadlineExceededError(time.perf_counter() - job.queued_at))
+        # Marked as retrieved: a client that left already would leave it unread, and
+        # asyncio would log it as a lost exception. Whoever still waits gets it all the same.
+        job.future.exception()
+        if not job.settled:
+            # Not taken yet: it frees its place now, and the batcher skips it.
+            job.settled = True
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        self._queued[job.bulk] -= len(job.images)
+        self._metrics.queued_images.set(self._queued[False] + self._queued[True])
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,37 +191,71 @@ class Batcher:
                         job.future.set_exception(exc)
                 continue
             finally:
-                self._queued_images -= len(batch)
-                self._metrics.queued_images.set(self._queued_images)
+                for job in jobs:
+                    self._release(job)
+                    if job.timer is not None:
+                        job.timer.cancel()
             self._metrics.batch_size.observe(len(batch))
             self._metrics.images.inc(len(batch))
             run = Batch(len(batch), len(jobs), started_ns, finished_ns)
             start = 0
             for job in jobs:
                 end = start + len(job.images)
+                # Done already: its deadline passed during the run, and it was answered 504.
                 if not job.future.done():
                     job.future.set_result(Inference(probabilities[start:end], job.queued_ns, run))
                 start = end
 
+    def _head(self, bulk: bool) -> _Job | None:
+        """The first job of a queue still waiting, dropping those whose deadline passed."""
+        queue = self._queues[bulk]
+        while queue and queue[0].settled:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    def _opening_kind(self) -> bool | None:
+        """Which queue opens the next batch (True: bulk), or None when both are empty."""
+        interactive, bulk = self._head(False), self._head(True)
+        if interactive is None or bulk is None:
+            # The share counts only while both wait: a queue idle for a while earns no
+            # credit to starve the other with later.
+            self._served = {False: 0, True: 0}
+            return None if interactive is None and bulk is None else bulk is not None
+        # Bulk opens only once running it keeps its share at or under BULK_SHARE: interactive
+        # first, and bulk's turn comes after a bounded run of interactive images.
+        served = self._served[True] + len(bulk.images)
+        return served <= BULK_SHARE * (self._served[False] + served)
+
+    def _take(self, bulk: bool) -> _Job:
+        job = self._queues[bulk].popleft()
+        job.settled = True
+        self._served[bulk] += len(job.images)
+        return job
+
     async def _collect(self) -> list[_Job]:
-        jobs = [self._held.pop() if self._held else await self._queue.get()]
+        while (kind := self._opening_kind()) is None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        jobs = [self._take(kind)]
         size = len(jobs[0].images)
         deadline = time.perf_counter() + self._max_delay_s
         while size < self._max_batch_size:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+            # Interactive jobs fill what room is left first, even in a batch bulk opened.
+            kind = self._head(False) is None
+            head = self._head(kind)
+            if head is None:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
+                self._arrived.clear()
                 try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
                     break
-            if size + len(job.images) > self._max_batch_size:
-                # Too big to join: it opens the next batch, ahead of those queued after it.
-                self._held.append(job)
+                continue
+            if size + len(head.images) > self._max_batch_size:
+                # Too big to join: it stays first in its queue and opens a later batch.
                 break
-            jobs.append(job)
-            size += len(job.images)
+            jobs.append(self._take(kind))
+            size += len(head.images)
         return jobs

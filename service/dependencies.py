@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.metrics import Metrics
 from service.models.repository import ModelRepository
@@ -34,7 +35,13 @@ async def get_drain(request: Request) -> Drain:
     return drain
 
 
+async def get_decode_budget(request: Request) -> DecodeBudget:
+    budget: DecodeBudget = request.app.state.decode_budget
+    return budget
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
+DecodeBudgetDep = Annotated[DecodeBudget, Depends(get_decode_budget)]

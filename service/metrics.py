@@ -39,7 +39,8 @@ class VersionMetrics:
     queue_wait: Histogram
     inference: Histogram
     queued_images: Gauge
-    rejected: Counter
+    rejected: Counter  # queue full
+    expired: Counter  # deadline passed while queued
 
 
 class Metrics:
@@ -93,10 +94,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # By reason, not version: most refusals happen before a version is chosen.
         self.rejected = Counter(
             "mnist_rejected_requests",
-            "Requests refused with 503 because the queue was full.",
-            ["version"],
+            "Inference requests refused, by reason: queue_full (503), inflight_limit (503, "
+            "before the body is read), decode_budget (503: big images decoding at once), "
+            "deadline (504, MNIST_REQUEST_TIMEOUT_MS passed while queued), too_large (413: "
+            "body or image count over the limits).",
+            ["reason"],
             registry=self.registry,
         )
         # A gauge at 1 while served, 0 once unloaded, rather than an Info: Info does not
@@ -154,7 +159,8 @@ class Metrics:
             queue_wait=self.queue_wait.labels(label),
             inference=self.inference.labels(label),
             queued_images=self.queued_images.labels(label),
-            rejected=self.rejected.labels(label),
+            rejected=self.rejected.labels("queue_full"),
+            expired=self.rejected.labels("deadline"),
         )
 
     def render(self) -> bytes:

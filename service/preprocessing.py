@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections import deque
 from typing import Any, Final
 
@@ -68,6 +69,15 @@ _TENSOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {
     "float32": np.dtype("<f4"),
 }
 _NPY_MAGIC: Final = b"\x93NUMPY"
+
+# What Pillow holds once an image is decoded: 4,000,000 pixels of RGBA. A digit needs far
+# fewer, and the pipeline's copies (composited, grey) take about as much again.
+MAX_DECODED_BYTES: Final = 16_000_000
+_BYTES_PER_PIXEL: Final = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_SOF: Final = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_ARITHMETIC_SOF: Final = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 # Tuning of the image pipeline, in grey levels of [0, 1] unless said otherwise.
 _FLAT_BORDER: Final = 0.03  # border spread (10th-90th percentile) below which lighting is even
@@ -390,16 +400,126 @@ _OTHER_SIGNATURES: Final = (
 )
 
 
-def image_from_bytes(data: bytes, *, max_pixels: int) -> F32:
+def image_from_bytes(data: bytes, *, max_pixels: int, max_bytes: int = MAX_DECODED_BYTES) -> F32:
     """An encoded PNG, JPEG, GIF, BMP or WebP file -> float32 (28, 28), MNIST-like.
 
     The size in the file's header is checked against ``max_pixels`` (and Pillow's own
-    decompression-bomb limit) before any pixel is decoded.
+    decompression-bomb limit), and the memory its pixels will take against ``max_bytes``,
+    before any pixel is decoded.
+    """
+    return image_from_opened(open_image(data, max_pixels=max_pixels, max_bytes=max_bytes))
+
+
+def open_image(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Read only the header of an image file and check it; the pixels are not decoded yet.
+
+    Big JPEGs are set to decode at reduced scale here, so that ``decoded_bytes`` tells what
+    decoding will really take. The caller closes the image, or hands it to
+    ``image_from_opened``.
     """
     image = _open(data, max_pixels)
+    try:
+        if image.format == "JPEG":
+            _draft(image)
+        needed = decoded_bytes(image)
+        if needed > max_bytes:
+            width, height = image.size
+            raise InputError(
+                f"the image is {width}x{height} in mode {image.mode}: decoding it takes "
+                f"{needed:,} bytes, over the limit of {max_bytes:,} (MNIST_MAX_IMAGE_BYTES); "
+                "scale it down (a digit needs only a few hundred pixels a side; 28x28 is "
+                "what the model reads)",
+                status=413,
+            )
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def image_from_opened(image: Image.Image) -> F32:
+    """Decode an image ``open_image`` accepted -> float32 (28, 28), MNIST-like; closes it."""
     with image:
         grey = to_grayscale(_decoded(image))
     return mnistify(grey)
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The bytes Pillow will hold for the pixels of ``image`` once decoded, from its header.
+
+    Pillow stores 1-bit, L and P images in one byte a pixel, 16-bit ones in two, and every
+    other mode (RGB included) in four.
+    """
+    width, height = image.size
+    return width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+def _check_jpeg_data(data: bytes, size: tuple[int, int]) -> None:
+    """Refuse a JPEG whose header claims more pixels than its data can possibly hold.
+
+    Pillow does not: libjpeg meets the end marker early, warns, and fills the rest with
+    grey, so a 16x16 picture whose header says 6000x6000 decodes "fine" into 36 million
+    invented pixels. With Huffman coding (baseline and progressive, nearly every JPEG)
+    each 8x8 block of each component costs at least one bit for its DC coefficient, so
+    fewer bits than blocks means the file is not what its header says. Arithmetic-coded
+    files have no such floor and are not checked.
+    """
+    frame = _jpeg_frame(data)
+    if frame is None or frame.marker in _ARITHMETIC_SOF:
+        return
+    blocks = frame.blocks()
+    if len(data) * 8 < blocks:
+        width, height = size
+        raise InputError(
+            f"this JPEG file is corrupt or truncated: its header says {width}x{height}, "
+            f"which needs at least {math.ceil(blocks / 8):,} bytes of image data, but the "
+            f"file has {len(data):,} bytes; send the complete file, with its real size",
+            status=400,
+        )
+
+
+class _JpegFrame:
+    """The start-of-frame segment of a JPEG: its kind, size and sampling per component."""
+
+    def __init__(self, marker: int, segment: bytes) -> None:
+        self.marker = marker
+        self.height, self.width = struct.unpack(">HH", segment[1:5])
+        count = segment[5]
+        self.sampling = [
+            (segment[6 + 3 * i + 1] >> 4, segment[6 + 3 * i + 1] & 0x0F) for i in range(count)
+        ]
+
+    def blocks(self) -> int:
+        """How many 8x8 blocks the frame has, summed over its components."""
+        if not self.sampling:
+            return 0
+        h_max = max(h for h, _ in self.sampling) or 1
+        v_max = max(v for _, v in self.sampling) or 1
+        return sum(
+            math.ceil(math.ceil(self.width * h / h_max) / 8)
+            * math.ceil(math.ceil(self.height * v / v_max) / 8)
+            for h, v in self.sampling
+        )
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The first start-of-frame segment, walking the markers before the image data."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill bytes may pad before a marker
+            at += 1
+            continue
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        segment = data[at + 4 : at + 2 + length]
+        if marker in _SOF:
+            return _JpegFrame(marker, segment) if len(segment) >= 6 + 3 * segment[5] else None
+        if marker == 0xDA:  # start of scan: past the header, and no frame was found
+            return None
+        at += 2 + length
+    return None
 
 
 def _sniff(data: bytes) -> str:
@@ -441,6 +561,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             status=400,
         ) from None
     width, height = image.size
+    if kind == "JPEG":
+        # Before the size limits: a file that cannot hold what its header says is corrupt,
+        # whatever size it claims.
+        try:
+            _check_jpeg_data(data, image.size)
+        except InputError:
+            image.close()
+            raise
     limit = (
         max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
     )
@@ -457,14 +585,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _decoded(image: Image.Image) -> Image.Image:
-    """Decode the first frame, at reduced scale for big JPEGs, upright per its EXIF tag."""
-    name = "WebP" if image.format == "WEBP" else image.format
-    if image.format == "JPEG" and max(image.size) > 2 * WORK_SIDE:
-        # The JPEG decoder can skip detail we would average away anyway: much less work.
+def _draft(image: Image.Image) -> None:
+    """Have a big JPEG decode at reduced scale: the decoder skips detail we would average
+    away anyway, much less work and memory."""
+    if max(image.size) > 2 * WORK_SIDE:
         scale = WORK_SIDE / max(image.size)
         wanted = (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale))
         image.draft("L" if image.mode in ("L", "RGB") else None, wanted)
+
+
+def _decoded(image: Image.Image) -> Image.Image:
+    """Decode the first frame (big JPEGs as ``_draft`` set them), upright per its EXIF tag."""
+    name = "WebP" if image.format == "WEBP" else image.format
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -149,7 +149,27 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_images_per_request: int = Field(1024, ge=1, description="Most images in one request.")
     max_image_pixels: int = Field(
-        40_000_000, ge=784, description="Largest decoded image (width x height): bomb guard."
+        16_000_000,
+        ge=784,
+        description="Largest image file, width x height as its header says: bomb guard.",
+    )
+    max_image_bytes: int = Field(
+        16_000_000,
+        ge=784,
+        description="Most memory one image's pixels may take once decoded, from its header "
+        "(1 byte a pixel for grey, 4 for RGB(A)); big JPEGs count at the reduced scale "
+        "they are decoded at.",
+    )
+    decode_concurrency: int = Field(
+        0,
+        ge=0,
+        description="Image files decoded at once per worker; 0: CPUs available / workers.",
+    )
+    decode_memory_bytes: int = Field(
+        256_000_000,
+        ge=784,
+        description="Per worker: decoded image bytes admitted at once (decoding or waiting "
+        "to); a request beyond gets 503 with Retry-After.",
     )
 
     batch_max_size: int = Field(
@@ -162,7 +182,33 @@ class Settings(BaseSettings):
         "while the previous batch ran, so a lone request never waits.",
     )
     batch_queue_images: int = Field(
-        8192, ge=1, description="Images waiting for inference before new requests get 503."
+        8192,
+        ge=1,
+        description="Images of interactive requests waiting for inference before new ones get 503.",
+    )
+    batch_queue_bulk_images: int = Field(
+        8192,
+        ge=1,
+        description="The same for bulk requests, queued apart: a flood of big batches fills "
+        "only this queue.",
+    )
+    interactive_max_images: int = Field(
+        8,
+        ge=1,
+        description="Requests of at most this many images are interactive: batches take them "
+        "first, bulk keeps a quarter of the images.",
+    )
+    max_inflight_requests: int = Field(
+        512,
+        ge=1,
+        description="Inference requests in progress per worker before new ones get 503, "
+        "refused before their body is read.",
+    )
+    request_timeout_ms: float = Field(
+        10_000,
+        ge=0,
+        description="Deadline of an inference request from its arrival: one still waiting "
+        "for the model then gets 504 and is never run; 0: no deadline.",
     )
 
     @field_validator("version_policy")
@@ -185,6 +231,11 @@ class Settings(BaseSettings):
     def onnx_intra_op_threads(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
+        return max(1, available_cpus() // self.worker_processes())
+
+    def image_decode_concurrency(self) -> int:
+        if self.decode_concurrency:
+            return self.decode_concurrency
         return max(1, available_cpus() // self.worker_processes())
 
     def session_tuning(self) -> SessionTuning:

@@ -2,11 +2,13 @@
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from service.batcher import Batcher, QueueFullError
+from service.deadlines import DeadlineExceededError
 from service.metrics import Metrics
 
 
@@ -28,15 +30,24 @@ def images(*values: float) -> np.ndarray:
     return np.stack([np.full((28, 28, 1), v, np.float32) for v in values])
 
 
-def make_batcher(model: RecordingModel, **overrides: float) -> Batcher:
-    options: dict[str, float] = {"max_batch_size": 64, "max_delay_s": 0.0, "max_queued_images": 100}
+def make_batcher(
+    model: RecordingModel, metrics: Metrics | None = None, **overrides: float
+) -> Batcher:
+    options: dict[str, float] = {
+        "max_batch_size": 64,
+        "max_delay_s": 0.0,
+        "max_queued_images": 100,
+        "max_queued_bulk_images": 100,
+    }
     options.update(overrides)
     return Batcher(
         model,
-        Metrics().of_version(1),
+        (metrics or Metrics()).of_version(1),
         max_batch_size=int(options["max_batch_size"]),
         max_delay_s=options["max_delay_s"],
         max_queued_images=int(options["max_queued_images"]),
+        interactive_max_images=8,
+        max_queued_bulk_images=int(options["max_queued_bulk_images"]),
     )
 
 
@@ -130,4 +141,134 @@ async def test_a_model_failure_reaches_every_request_of_the_batch() -> None:
         assert all(isinstance(o, RuntimeError) for o in outcomes)
         assert batcher.running, "one failed batch must not stop the batcher"
     finally:
+        await batcher.stop()
+
+
+class SlowModel(RecordingModel):
+    """Takes ``seconds`` per call, as a loaded model does, and remembers each batch's values."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.batches: list[set[float]] = []
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        self.batches.append({round(float(v), 3) for v in images.reshape(len(images), -1)[:, 0]})
+        return super().predict(images)
+
+
+async def test_a_bulk_flood_does_not_make_interactive_requests_503() -> None:
+    model = SlowModel(0.002)
+    batcher = make_batcher(model, max_queued_images=20, max_queued_bulk_images=64)
+    batcher.start()
+    try:
+        bulk = [asyncio.create_task(batcher.predict(images(*[0.9] * 32))) for _ in range(2)]
+        await asyncio.sleep(0)
+        # The bulk queue is full now: more bulk is refused, single images are not.
+        with pytest.raises(QueueFullError):
+            await batcher.predict(images(*[0.9] * 32))
+        singles = await asyncio.gather(*(batcher.predict(images(0.1)) for _ in range(20)))
+        assert all(result.shape == (1, 10) for result in singles)
+        assert all(r.shape == (32, 10) for r in await asyncio.gather(*bulk))
+    finally:
+        await batcher.stop()
+
+
+async def test_bulk_still_progresses_under_interactive_load() -> None:
+    model = SlowModel(0.001)
+    batcher = make_batcher(model, max_batch_size=16, max_queued_images=1000)
+    batcher.start()
+    stop = asyncio.Event()
+
+    async def interactive_client() -> None:
+        while not stop.is_set():
+            await batcher.predict(images(0.1))
+
+    clients = [asyncio.create_task(interactive_client()) for _ in range(64)]
+    try:
+        await asyncio.sleep(0.05)  # the interactive queue is never empty from here on
+        bulk = await asyncio.wait_for(batcher.predict(images(*[0.9] * 16)), 2)
+        assert bulk.shape == (16, 10)
+        interactive_batches = sum(1 for values in model.batches if values == {0.1})
+        assert interactive_batches > 0, "the interactive load never got going"
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+        await batcher.stop()
+
+
+async def test_interactive_jobs_run_before_bulk_queued_earlier() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    batcher = make_batcher(model, max_batch_size=16)
+    batcher.start()
+    try:
+        running = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)  # the model holds this batch until released
+        bulk = asyncio.create_task(batcher.predict(images(*[0.9] * 16)))
+        await asyncio.sleep(0)
+        single = asyncio.create_task(batcher.predict(images(0.1)))
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(running, bulk, single)
+    finally:
+        release.set()
+        await batcher.stop()
+    assert model.batch_sizes == [1, 1, 16]
+
+
+async def test_an_expired_job_is_not_run_and_gets_504() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics)
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)  # the model holds this batch until released
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceededError) as expired:
+            await batcher.predict(images(0.2), deadline=started + 0.05)
+        # Answered at its deadline, not when the model got round to it.
+        assert time.perf_counter() - started < 0.5
+        assert expired.value.status == 504
+        assert "MNIST_REQUEST_TIMEOUT_MS" in expired.value.message
+        release.set()
+        await blocker
+        assert (await batcher.predict(images(0.3))).shape == (1, 10)
+    finally:
+        release.set()
+        await batcher.stop()
+    assert model.batch_sizes == [1, 1], "the expired job must never reach the model"
+    assert metrics.rejected.labels("deadline")._value.get() == 1
+
+
+async def test_a_job_past_its_deadline_on_arrival_is_refused_at_once() -> None:
+    batcher = make_batcher(RecordingModel())
+    batcher.start()
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await batcher.predict(images(0.2), deadline=time.perf_counter() - 0.001)
+    finally:
+        await batcher.stop()
+
+
+async def test_an_expired_job_frees_its_place_in_the_queue() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    batcher = make_batcher(model, max_queued_images=2)
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceededError):
+            await batcher.predict(images(0.2), deadline=time.perf_counter() + 0.02)
+        # The blocker still holds one place; the expired job holds none.
+        waiting = asyncio.create_task(batcher.predict(images(0.3)))
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(blocker, waiting)
+    finally:
+        release.set()
         await batcher.stop()

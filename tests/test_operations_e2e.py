@@ -153,8 +153,8 @@ def test_sigterm_under_load_loses_no_accepted_request_and_exits_0(
         MNIST_WORKERS="1",
         MNIST_DRAIN_DELAY_S="1.5",
         MNIST_DRAIN_TIMEOUT_S="30",
-        # 24 requests of 1,024 digits fit the queue: no 503 for being busy.
-        MNIST_BATCH_QUEUE_IMAGES="32768",
+        # 24 requests of 1,024 digits fit the (bulk) queue: no 503 for being busy.
+        MNIST_BATCH_QUEUE_BULK_IMAGES="32768",
         MNIST_ACCESS_LOG="false",
     )
     load = Load(url, mnist_test_digits, clients=24)

@@ -19,18 +19,21 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFile, ImageFilter
 
 from service.errors import InputError
 from service.preprocessing import (
+    decoded_bytes,
     image_from_bytes,
     image_from_json,
     images_from_json,
     images_from_npy,
     images_from_tensor,
     mnistify,
+    open_image,
     to_grayscale,
 )
+from tests.digits import blank_png, lying_jpeg
 from training.data import RawSplit
 
 U8 = npt.NDArray[np.uint8]
@@ -722,6 +725,80 @@ def test_pillow_bomb_warning_is_an_error_too(monkeypatch: pytest.MonkeyPatch) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         fails(lambda: image_from_bytes(warning_band, max_pixels=10**9), 413, "too large")
+
+
+def test_a_png_whose_decoded_size_exceeds_the_limit_is_refused_before_decoding() -> None:
+    # Half the file is missing: decoding would answer 400, so 413 means only the header was read.
+    whole = blank_png(2_500, 2_500, "RGBA")
+    message = fails(
+        lambda: image_from_bytes(
+            whole[: len(whole) // 2], max_pixels=MAX_PIXELS, max_bytes=16_000_000
+        ),
+        413,
+        "2500x2500 in mode RGBA",
+        "25,000,000 bytes",
+        "limit of 16,000,000 (MNIST_MAX_IMAGE_BYTES)",
+        "scale it down",
+    )
+    assert "28x28" in message
+
+
+@pytest.mark.parametrize(("mode", "per_pixel"), [("L", 1), ("I;16", 2), ("RGBA", 4)])
+def test_the_decoded_size_counts_channels_and_bit_depth(mode: str, per_pixel: int) -> None:
+    image = open_image(blank_png(300, 200, mode), max_pixels=MAX_PIXELS, max_bytes=10**9)
+    with image:
+        assert decoded_bytes(image) == 300 * 200 * per_pixel
+
+
+def test_the_same_size_passes_in_grey_and_is_refused_in_rgba() -> None:
+    grey = open_image(blank_png(2_500, 2_500, "L"), max_pixels=MAX_PIXELS, max_bytes=16_000_000)
+    grey.close()
+    fails(
+        lambda: open_image(
+            blank_png(2_500, 2_500, "RGBA"), max_pixels=MAX_PIXELS, max_bytes=16_000_000
+        ),
+        413,
+        "MNIST_MAX_IMAGE_BYTES",
+    )
+
+
+def test_a_big_photo_counts_at_the_reduced_scale_its_jpeg_decodes_at() -> None:
+    photo = encode(Image.new("RGB", (3_000, 3_000), (200, 180, 160)), "JPEG")
+    image = open_image(photo, max_pixels=MAX_PIXELS, max_bytes=16_000_000)  # 36 MB at full scale
+    with image:
+        assert image.mode == "L"
+        assert decoded_bytes(image) <= 1_500 * 1_500
+
+
+@pytest.mark.parametrize("max_pixels", [MAX_PIXELS, 16_000_000], ids=["under", "over"])
+def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_holds_is_400(
+    max_pixels: int,
+) -> None:
+    # Even when the size it claims is over the limit: the file is corrupt, not too big.
+    liar = lying_jpeg(6_000)
+    assert len(liar) < 1_000
+    # Pillow alone accepts it and invents the missing pixels: the check is ours.
+    with Image.open(io.BytesIO(liar)) as image:
+        image.draft("L", (1_024, 1_024))
+        image.load()
+    fails(
+        lambda: image_from_bytes(liar, max_pixels=max_pixels),
+        400,
+        "corrupt or truncated",
+        "says 6000x6000",
+        f"the file has {len(liar):,} bytes",
+        "send the complete file",
+    )
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_genuine_flat_jpeg_of_that_size_is_not_taken_for_a_liar(progressive: bool) -> None:
+    flat = encode(Image.new("L", (6_000, 6_000)), "JPEG", progressive=progressive, optimize=True)
+    open_image(flat, max_pixels=MAX_PIXELS, max_bytes=16_000_000).close()
+
+
+def test_pillow_never_makes_up_the_rest_of_a_truncated_file() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])

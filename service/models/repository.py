@@ -55,6 +55,8 @@ class LoadSettings:
     batch_max_size: int
     batch_max_delay_s: float
     batch_queue_images: int
+    batch_queue_bulk_images: int | None = None  # None: as many as batch_queue_images
+    interactive_max_images: int = 8
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,8 @@ class ModelRepository:
             max_batch_size=settings.batch_max_size,
             max_delay_s=settings.batch_max_delay_s,
             max_queued_images=settings.batch_queue_images,
+            interactive_max_images=settings.interactive_max_images,
+            max_queued_bulk_images=settings.batch_queue_bulk_images,
         )
         batcher.start()
         self._metrics.loads.labels(str(version), "loaded").inc()

@@ -81,6 +81,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Too many images in one request, or a body over the limit.",
         415: "Content-Encoding not supported.",
         503: "Not ready, or the queue is full: retry after the Retry-After seconds.",
+        504: "Its deadline (MNIST_REQUEST_TIMEOUT_MS) passed before the model ran it.",
     }.items()
 }
 

@@ -1,17 +1,21 @@
 """POST /predict: digits for images sent as JSON arrays, image files or raw tensors."""
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from model_contract import parse_version
 from service import preprocessing
-from service.dependencies import RepositoryDep, SettingsDep
+from service.decode_budget import DecodeBudget
+from service.dependencies import DecodeBudgetDep, RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.schemas import ErrorResponse, PredictJSONRequest, PredictResponse
 from service.settings import Settings
@@ -105,6 +109,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Content type or image format not accepted.",
         422: "Well-formed but wrong: shapes, value ranges, NaN, blank image, version.",
         503: "No version ready yet, or queue full: retry after the Retry-After seconds.",
+        504: "Its deadline (MNIST_REQUEST_TIMEOUT_MS) passed before the model ran it.",
     }.items()
 }
 
@@ -116,7 +121,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
     openapi_extra=_OPENAPI_BODY,
 )
-async def predict(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
+async def predict(
+    request: Request, repository: RepositoryDep, settings: SettingsDep, budget: DecodeBudgetDep
+) -> Response:
     tracing = traced(request)
     version = requested_version(request.query_params.get("version"))
     # Checked whatever the body: a parameter the document declares is either valid or
@@ -125,7 +132,7 @@ async def predict(request: Request, repository: RepositoryDep, settings: Setting
         request.query_params.get("dtype"), request.query_params.get("shape")
     )
     with tracing.span("decode"):
-        images = await _read_images(request, settings, tensor)
+        images = await _read_images(request, settings, budget, tensor)
     # Resolved only now, and run at once: the whole request runs on the version it got.
     served = repository.resolve(version)
     request.state.images, request.state.model_version = len(images), served.name
@@ -154,17 +161,20 @@ def _tensor_description(
 
 
 async def _read_images(
-    request: Request, settings: Settings, tensor: tuple[str | None, tuple[int, ...] | None]
+    request: Request,
+    settings: Settings,
+    budget: DecodeBudget,
+    tensor: tuple[str | None, tuple[int, ...] | None],
 ) -> np.ndarray:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limit = settings.max_images_per_request
     if content_type == "application/json":
         return _images_from_json_body(await request.body(), limit)
     if content_type == "multipart/form-data":
-        return await _images_from_form(request, settings)
+        return await _images_from_form(request, settings, budget)
     if content_type.startswith("image/"):
         files = [("the body", await request.body())]
-        return await run_in_threadpool(_decode_files, files, settings.max_image_pixels)
+        return await _decode_files(files, settings, budget)
     if content_type == "application/octet-stream":
         dtype, shape = tensor
         if dtype is None or shape is None:
@@ -204,7 +214,9 @@ def _images_from_json_body(body: bytes, max_images: int) -> np.ndarray:
     )
 
 
-async def _images_from_form(request: Request, settings: Settings) -> np.ndarray:
+async def _images_from_form(
+    request: Request, settings: Settings, budget: DecodeBudget
+) -> np.ndarray:
     limit = settings.max_images_per_request
     # One file over the limit is enough to tell; the parser refuses more before reading them.
     async with request.form(max_files=limit + 1, max_part_size=settings.max_body_bytes) as form:
@@ -224,19 +236,62 @@ async def _images_from_form(request: Request, settings: Settings) -> np.ndarray:
             if not isinstance(part, UploadFile):
                 raise InputError(f"field 'file' #{index} is text, not a file upload")
             named_files.append((f"file {part.filename or f'#{index}'}", await part.read()))
-    return await run_in_threadpool(_decode_files, named_files, settings.max_image_pixels)
+    return await _decode_files(named_files, settings, budget)
 
 
-def _decode_files(files: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:
-    """Image files -> (N, 28, 28, 1). Run in the thread pool: a big photo takes milliseconds
-    to decode, which on the event loop would stall every other request meanwhile."""
+async def _decode_files(
+    files: list[tuple[str, bytes]], settings: Settings, budget: DecodeBudget
+) -> np.ndarray:
+    """Image files -> (N, 28, 28, 1), in the thread pool: a big photo takes milliseconds
+    to decode, which on the event loop would stall every other request meanwhile.
+
+    The headers are read first, so that the budget admits or refuses the request before a
+    pixel is decoded. The files decode one after another: the largest is what the request
+    holds at once.
+    """
+    opened = await run_in_threadpool(_open_files, files, settings)
+    try:
+        needed = max(preprocessing.decoded_bytes(image) for _, image in opened)
+        async with budget.admit(needed):
+            return await run_in_threadpool(_decoded_files, opened)
+    finally:
+        for _, image in opened:
+            image.close()
+
+
+def _open_files(
+    files: list[tuple[str, bytes]], settings: Settings
+) -> list[tuple[str, Image.Image]]:
+    opened: list[tuple[str, Image.Image]] = []
+    try:
+        for name, data in files:
+            with _named(name):
+                image = preprocessing.open_image(
+                    data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+                )
+            opened.append((name, image))
+    except BaseException:
+        for _, image in opened:
+            image.close()
+        raise
+    return opened
+
+
+def _decoded_files(opened: list[tuple[str, Image.Image]]) -> np.ndarray:
     images = []
-    for name, data in files:
-        try:
-            images.append(preprocessing.image_from_bytes(data, max_pixels=max_pixels))
-        except InputError as exc:
-            raise InputError(f"{name}: {exc.message}", exc.status) from exc
+    for name, image in opened:
+        with _named(name):
+            images.append(preprocessing.image_from_opened(image))
     return np.stack(images)[:, :, :, np.newaxis]
+
+
+@contextmanager
+def _named(name: str) -> Iterator[None]:
+    """Says which file an InputError is about: one of many parts, or the body."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"{name}: {exc.message}", exc.status, exc.headers) from exc
 
 
 def _parse_shape(shape: str) -> tuple[int, ...]:

@@ -1,0 +1,61 @@
+"""Admission for image decoding: a cap on decodes at once and on the memory they may take.
+
+A worker decodes at most ``concurrency`` images at a time (more only queue for the same
+cores), and the pixels admitted, decoding or queued, may not add up to more than
+``memory_bytes``: a request that would go over is refused with 503 at once, so that a burst
+of big images costs a retry, never a resident set that grows with the burst.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from service.errors import InputError
+
+RETRY_AFTER_S = 1
+
+
+class DecodeBudget:
+    def __init__(
+        self, concurrency: int, memory_bytes: int, on_refused: Callable[[], object] = lambda: None
+    ) -> None:
+        if concurrency < 1 or memory_bytes < 1:
+            raise ValueError(
+                f"concurrency and memory must be positive: {concurrency}, {memory_bytes}"
+            )
+        self.concurrency = concurrency
+        self.memory_bytes = memory_bytes
+        self.admitted_bytes = 0
+        self._on_refused = on_refused
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @asynccontextmanager
+    async def admit(self, needed_bytes: int) -> AsyncIterator[None]:
+        """Hold ``needed_bytes`` of the budget and a decode slot for the ``async with`` body.
+
+        Raises InputError: 413 when ``needed_bytes`` alone is over the budget (no retry can
+        help), 503 with Retry-After when it does not fit beside what is admitted now.
+        """
+        if needed_bytes > self.memory_bytes:
+            raise InputError(
+                f"decoding this image takes {needed_bytes:,} bytes, more than this worker's "
+                f"decode budget of {self.memory_bytes:,} (MNIST_DECODE_MEMORY_BYTES); "
+                "scale the image down (28x28 is what the model reads)",
+                status=413,
+            )
+        if self.admitted_bytes + needed_bytes > self.memory_bytes:
+            self._on_refused()
+            raise InputError(
+                f"too many large images are being decoded: {self.admitted_bytes:,} of "
+                f"{self.memory_bytes:,} bytes are taken; retry after {RETRY_AFTER_S} s, or "
+                "send smaller images",
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        # Counted before waiting for a slot: what waits is admitted and will be decoded.
+        self.admitted_bytes += needed_bytes
+        try:
+            async with self._slots:
+                yield
+        finally:
+            self.admitted_bytes -= needed_bytes

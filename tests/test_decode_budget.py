@@ -1,0 +1,87 @@
+"""The decode admission: a cap on decodes at once, and a memory budget that refuses, not waits."""
+
+import asyncio
+
+import pytest
+
+from service.decode_budget import DecodeBudget
+from service.errors import InputError
+
+
+async def test_a_request_that_fits_holds_its_bytes_only_while_it_decodes() -> None:
+    budget = DecodeBudget(concurrency=2, memory_bytes=1_000)
+    async with budget.admit(600):
+        assert budget.admitted_bytes == 600
+    assert budget.admitted_bytes == 0
+
+
+async def test_a_request_beyond_the_budget_gets_503_with_retry_after_at_once() -> None:
+    budget = DecodeBudget(concurrency=2, memory_bytes=1_000)
+    async with budget.admit(600):
+        with pytest.raises(InputError) as refused:
+            async with budget.admit(500):
+                pytest.fail("admitted over the budget")
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert "600 of 1,000 bytes" in refused.value.message
+    assert budget.admitted_bytes == 0
+
+
+async def test_one_image_larger_than_the_whole_budget_is_413_since_no_retry_helps() -> None:
+    budget = DecodeBudget(concurrency=1, memory_bytes=1_000)
+    with pytest.raises(InputError) as refused:
+        async with budget.admit(1_001):
+            pytest.fail("admitted over the budget")
+    assert refused.value.status == 413
+    assert "MNIST_DECODE_MEMORY_BYTES" in refused.value.message
+
+
+async def test_no_more_decodes_run_at_once_than_the_concurrency() -> None:
+    budget = DecodeBudget(concurrency=2, memory_bytes=10_000)
+    running, most = 0, 0
+
+    async def decode() -> None:
+        nonlocal running, most
+        async with budget.admit(100):
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+
+    await asyncio.gather(*(decode() for _ in range(6)))
+    assert most == 2
+
+
+async def test_a_request_waiting_for_a_slot_already_counts_against_the_budget() -> None:
+    budget = DecodeBudget(concurrency=1, memory_bytes=1_000)
+    release = asyncio.Event()
+
+    async def hold(size: int) -> None:
+        async with budget.admit(size):
+            await release.wait()
+
+    first = asyncio.create_task(hold(400))
+    waiting = asyncio.create_task(hold(400))
+    await asyncio.sleep(0.01)
+    assert budget.admitted_bytes == 800
+    with pytest.raises(InputError) as refused:
+        async with budget.admit(400):
+            pass
+    assert refused.value.status == 503
+    release.set()
+    await asyncio.gather(first, waiting)
+    assert budget.admitted_bytes == 0
+
+
+async def test_a_decode_that_fails_gives_its_bytes_and_slot_back() -> None:
+    budget = DecodeBudget(concurrency=1, memory_bytes=1_000)
+    with pytest.raises(InputError):
+        async with budget.admit(900):
+            raise InputError("corrupt", 400)
+    async with budget.admit(900):
+        assert budget.admitted_bytes == 900
+
+
+def test_a_budget_of_nothing_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        DecodeBudget(concurrency=0, memory_bytes=1_000)
