@@ -52,6 +52,7 @@ _CODES: dict[int, grpc.StatusCode] = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _HOW = "send it as gRPC metadata `authorization: Bearer KEY` or `x-api-key: KEY`"
 # What each typed-contents datatype travels in (Triton's InferTensorContents).
