@@ -43,7 +43,7 @@ FROM uv AS service-deps
 RUN apt-get update \
     && apt-get install -y --no-install-recommends binutils \
     && rm -rf /var/lib/apt/lists/*
-# Then the venv loses what the API never runs, about 40 MB of the 300 MB budget: test
+# Then the venv loses what the API never runs, about 40 MB of the 325 MB budget: test
 # suites, onnxruntime's offline tooling (quantizer, transformer optimizer, converters) and
 # the debug symbols of extension modules (uvloop alone carries 12 MB).
 RUN --mount=type=cache,target=/root/.cache/uv \
