@@ -14,23 +14,15 @@ from service.auth import AuthMiddleware, KeyRing
 from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.errors import install_error_handlers
+from service.inference_protocol import fallback_routes, repository_routes
+from service.inference_protocol import routes as inference_protocol
 from service.metrics import Metrics
 from service.middleware import AccessMiddleware, BodyLimitMiddleware
 from service.models.repository import LoadSettings, ModelRepository, scanner
 from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
 from service.openapi import install_openapi
-from service.routes import (
-    docs,
-    health,
-    inference_protocol,
-    metrics,
-    model_repository,
-    predict,
-    protocol_fallback,
-    summary,
-    ui,
-)
+from service.routes import docs, health, metrics, predict, summary, ui
 from service.settings import Settings
 from service.timeouts import BodyTimeoutMiddleware
 from service.tracing import Tracing, TracingMiddleware
@@ -122,9 +114,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         health,
         metrics,
         ui,
-        model_repository,
+        repository_routes,
         inference_protocol,
-        protocol_fallback,
+        fallback_routes,
     ):
         app.include_router(module.router)
     # Innermost first: each one added wraps those before it.
@@ -168,7 +160,7 @@ async def _start_grpc(
     if not settings.grpc_port:
         return None
     # Imported only here: without a gRPC port the service needs neither grpcio nor the stubs.
-    from service.grpc_server import InferenceServicer, start_grpc_server
+    from service.inference_protocol.grpc_server import InferenceServicer, start_grpc_server
 
     servicer = InferenceServicer(repository, settings, keys, drain, metrics, app.version)
     return await start_grpc_server(servicer, settings)

@@ -9,7 +9,12 @@ from tritonclient.grpc import service_pb2  # type: ignore[import-untyped]
 
 from service.batcher import QueueFullError
 from service.errors import InputError
-from service.grpc_server import decode_images, grpc_code, listen_address, requested_outputs
+from service.inference_protocol.grpc_server import (
+    decode_images,
+    grpc_code,
+    listen_address,
+    requested_outputs,
+)
 
 Tensor = service_pb2.ModelInferRequest.InferInputTensor
 

@@ -19,7 +19,7 @@ from model_contract import MODEL_NAME
 from service.batcher import Batch, Inference, QueueFullError
 from service.drain import Drain
 from service.errors import InputError, install_error_handlers
-from service.inference_protocol import (
+from service.inference_protocol.codec import (
     HEADER_LENGTH,
     DecodedRequest,
     RequestedOutput,
@@ -31,8 +31,8 @@ from service.inference_protocol import (
     model_metadata,
     url_version,
 )
+from service.inference_protocol.routes import router
 from service.models.repository import VersionNotReadyError
-from service.routes.inference_protocol import router
 from service.settings import Settings
 from service.tracing import Tracing
 

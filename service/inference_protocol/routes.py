@@ -18,11 +18,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from model_contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME
-from service import inference_protocol as protocol
 from service.dependencies import DrainDep, RepositoryDep, SettingsDep
 from service.errors import InputError, request_id
-from service.openapi import self_contained
-from service.protocol_schemas import (
+from service.inference_protocol import codec as protocol
+from service.inference_protocol.schemas import (
     InferenceRequest,
     InferenceResponse,
     LiveResponse,
@@ -33,6 +32,7 @@ from service.protocol_schemas import (
     ReadyResponse,
     ServerMetadataResponse,
 )
+from service.openapi import self_contained
 from service.tracing import traced
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from tritonclient.grpc import (  # type: ignore[import-untyped]
 )
 
 from model_contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from service import inference_protocol as protocol
 from service.auth import KeyRing, presented_key
 from service.batcher import QueueFullError
 from service.drain import Drain
 from service.errors import InputError
+from service.inference_protocol import codec as protocol
 from service.metrics import Metrics
 from service.models.repository import ModelRepository
 from service.settings import Settings

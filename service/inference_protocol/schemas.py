@@ -3,7 +3,7 @@
 Request models are strict (no "3" for 3) but ignore unknown keys: clients such as Triton's
 add fields of their own (``model_name`` in the request, for one). Tensor ``data`` stays
 ``Any`` so that validating a request never walks thousands of numbers: the codec in
-``service.inference_protocol`` does that with numpy.
+``service.inference_protocol.codec`` does that with numpy.
 """
 
 from typing import Any

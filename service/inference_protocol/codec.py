@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from model_contract import CLASSES, IMAGE_SHAPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, parse_version
 from service.errors import InputError
-from service.protocol_schemas import (
+from service.inference_protocol.schemas import (
     ConfigParameter,
     ConfigTensor,
     DynamicBatching,

@@ -8,11 +8,11 @@ see the routes of both the protocol and its repository extension to tell a wrong
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
-from service.routes import inference_protocol, model_repository
-from service.routes.inference_protocol import ProtocolRoute, protocol_error
+from service.inference_protocol import repository_routes, routes
+from service.inference_protocol.routes import ProtocolRoute, protocol_error
 
 router = APIRouter(prefix="/v2", route_class=ProtocolRoute)
-_PROTOCOL_ROUTERS = (inference_protocol.router, model_repository.router)
+_PROTOCOL_ROUTERS = (routes.router, repository_routes.router)
 
 
 @router.api_route(

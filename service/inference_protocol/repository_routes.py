@@ -12,18 +12,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 
 from model_contract import MODEL_NAME
-from service import inference_protocol as protocol
 from service.dependencies import RepositoryDep, SettingsDep
 from service.errors import InputError
-from service.models.policy import PolicyError, VersionPolicy
-from service.protocol_schemas import (
+from service.inference_protocol import codec as protocol
+from service.inference_protocol.routes import ERRORS, ModelName, ProtocolRoute
+from service.inference_protocol.schemas import (
     RepositoryIndexEntry,
     RepositoryIndexRequest,
     RepositoryLoadRequest,
     RepositoryModelResponse,
     RepositoryUnloadRequest,
 )
-from service.routes.inference_protocol import ERRORS, ModelName, ProtocolRoute
+from service.models.policy import PolicyError, VersionPolicy
 from service.settings import Settings
 
 router = APIRouter(
