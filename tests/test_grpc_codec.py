@@ -54,10 +54,10 @@ def test_typed_fp32_contents_equal_raw_bytes() -> None:
     [
         (request("UINT8", [1, 28, 28], bytes(784)), "it must be [N, 28, 28, 1]"),
         (request("INT64", [1, 28, 28, 1], bytes(784 * 8)), "datatype 'INT64'"),
-        (request("UINT8", [9, 28, 28, 1], bytes(9 * 784)), "over the 8 a request"),
+        (request("UINT8", [9, 28, 28, 1], bytes(9 * 784)), "limit of 8"),
         (request("UINT8", [1, 28, 28, 1], bytes(783)), "raw_input_contents has 783 bytes"),
         (request("UINT8", [1, 28, 28, 1]), "has no data"),
-        (request("FP32", [1, 28, 28, 1], np.full(784, 2, "<f4").tobytes()), "must be in [0, 1]"),
+        (request("FP32", [1, 28, 28, 1], np.full(784, 2, "<f4").tobytes()), "outside [0, 1]"),
         (request("FP32", [1, 28, 28, 1], np.full(784, np.nan, "<f4").tobytes()), "NaN"),
     ],
     ids=["shape", "datatype", "too-many", "short-bytes", "no-data", "fp32-range", "nan"],

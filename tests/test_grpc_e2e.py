@@ -150,7 +150,7 @@ def test_typed_grey_levels_over_255_are_refused(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(service_pb2.ModelInferRequest(model_name="mnist", inputs=[tensor]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "values must be in 0-255" in caught.value.details()
+    assert "outside the grey levels 0-255" in caught.value.details()
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_typed_grey_levels_over_255_are_refused(stub: Any) -> None:
     [
         (np.zeros((2, 28, 28), np.uint8), None, "it must be [N, 28, 28, 1]"),
         (np.zeros((1, 784), np.uint8), None, "it must be [N, 28, 28, 1]"),
-        (np.full((1, 28, 28, 1), 2, np.float32), None, "they must be in [0, 1]"),
+        (np.full((1, 28, 28, 1), 2, np.float32), None, "outside [0, 1]"),
         (np.zeros((MAX_IMAGES + 1, 28, 28, 1), np.uint8), None, "MNIST_MAX_IMAGES_PER_REQUEST"),
         (np.zeros((2, 28, 28, 1), np.uint8), [1, 28, 28, 1], "takes 784"),
     ],

@@ -16,7 +16,8 @@ model card's id (a training run) is reported in the model config.
 
 import math
 import zlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from service.inference_protocol.schemas import (
     RequestOutput,
     ResponseOutput,
 )
+from service.inputs.model_input import check_count, to_model_input
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -50,6 +52,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUT_DATATYPE = "FP32"
 _PIXELS = math.prod(IMAGE_SHAPE)
+_FIX_FP32 = "FP32 holds values in [0, 1]: divide 0-255 grey levels by 255, or send UINT8"
+_FIX_UINT8 = "UINT8 holds grey levels 0-255: send values in [0, 1] as FP32"
 _UNSUPPORTED_PARAMETERS = {
     "shared_memory_region": "the shared memory extensions are not supported: send the tensor "
     "in the request body",
@@ -307,16 +311,19 @@ def _image_count(name: str, shape: tuple[int, ...], max_images: int) -> int:
             "N images of 28x28 pixels and one channel",
             400,
         )
-    count = shape[0]
-    if count < 1:
-        raise InputError(f"input {name!r} has shape {list(shape)}: send at least 1 image", 400)
-    if count > max_images:
-        raise InputError(
-            f"input {name!r} holds {count} images, over the {max_images} a request "
-            "may carry (MNIST_MAX_IMAGES_PER_REQUEST): split it over several requests",
-            413,
-        )
-    return count
+    with _named(name):
+        return check_count(shape[0], max_images)
+
+
+@contextmanager
+def _named(name: str) -> Iterator[None]:
+    """The shared input checks' refusals, named for the input and in the protocol's terms:
+    it has no 422, a well-formed but wrong request is its 400."""
+    try:
+        yield
+    except InputError as exc:
+        status = 400 if exc.status == 422 else exc.status
+        raise InputError(f"input {name!r}: {exc.message}", status, exc.headers) from None
 
 
 def check_parameter_names(names: Collection[str], what: str) -> None:
@@ -373,13 +380,7 @@ def images_from_values(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
             f"needs {spec.values}",
             400,
         )
-    if integers and values.size and (values.min() < 0 or values.max() > 255):
-        raise InputError(
-            f"input {spec.name!r} ({spec.datatype}): values must be in 0-255 "
-            f"(UINT8 grey levels) or [0, 1] (FP32), got {values.min()} to {values.max()}",
-            400,
-        )
-    return _to_model_input(values.astype(spec.dtype, copy=False), spec)
+    return _to_model_input(values, spec)
 
 
 def _check_binary(
@@ -421,29 +422,17 @@ def images_from_bytes(data: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
             400,
         )
     # A copy: the body's bytes are read-only and the slice may be misaligned for float32.
-    values = np.frombuffer(memoryview(data)[: spec.nbytes], dtype=spec.dtype).copy()
-    return _to_model_input(values, spec)
+    return _to_model_input(np.frombuffer(memoryview(data)[: spec.nbytes], spec.dtype).copy(), spec)
 
 
 def _to_model_input(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    name = spec.name
-    if spec.dtype.kind == "u":
-        images = values.astype(np.float32) / np.float32(255)
-    else:
-        images = values.astype(np.float32, copy=False)
-        low, high = images.min(), images.max()
-        # NaN fails both comparisons, so one check guards the hot path against it too.
-        if not (low >= 0 and high <= 1):
-            if not np.isfinite(images).all():
-                raise InputError(
-                    f"input {name!r} holds NaN or infinity: send values in [0, 1]", 400
-                )
-            raise InputError(
-                f"input {name!r} (FP32) has values from {low} to {high}; they must be in "
-                "[0, 1]: divide 0-255 grey levels by 255, or send UINT8",
-                400,
-            )
-    return images.reshape(spec.count, *IMAGE_SHAPE)
+    grey_levels = spec.dtype.kind == "u"
+    with _named(spec.name):
+        return to_model_input(
+            values.reshape(spec.shape),
+            grey_levels=grey_levels,
+            fix=_FIX_UINT8 if grey_levels else _FIX_FP32,
+        )
 
 
 def _requested_outputs(request: InferenceRequest) -> tuple[RequestedOutput, ...]:

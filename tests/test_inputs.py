@@ -1,4 +1,4 @@
-"""service.preprocessing: JSON, tensor and .npy bodies, and image files made MNIST-like.
+"""service.inputs: JSON, tensor and .npy bodies, and image files made MNIST-like.
 
 Pure functions, no server. Image tests use real MNIST test digits, rendered the way people
 really send digits (inverted, on a transparent canvas, in a phone photo...).
@@ -22,17 +22,10 @@ import pytest
 from PIL import Image, ImageFile, ImageFilter
 
 from service.errors import InputError
-from service.preprocessing import (
-    decoded_bytes,
-    image_from_bytes,
-    image_from_json,
-    images_from_json,
-    images_from_npy,
-    images_from_tensor,
-    mnistify,
-    open_image,
-    to_grayscale,
-)
+from service.inputs.image_files import decoded_bytes, image_from_bytes, open_image, to_grayscale
+from service.inputs.json_arrays import image_from_json, images_from_json
+from service.inputs.mnist_like import mnistify
+from service.inputs.tensors import images_from_npy, images_from_tensor
 from tests.digits import blank_png, lying_jpeg
 from training.data import RawSplit
 
@@ -309,7 +302,9 @@ _ROW = [0] * 28
         pytest.param(
             [[-1, 255] + [0] * 26] + [_ROW] * 27, ["grey levels 0-255", "is -1"], id="negative-int"
         ),
-        pytest.param([[-1, 1] + [0] * 26] + [_ROW] * 27, ["is -1, below 0"], id="negative-binary"),
+        pytest.param(
+            [[-1, 1] + [0] * 26] + [_ROW] * 27, ["is -1, outside [0, 1]"], id="negative-binary"
+        ),
         pytest.param({"pixels": []}, ["got an object"], id="object"),
         pytest.param(0.5, ["got a single number"], id="number"),
         pytest.param("0" * 784, ["got a string"], id="string-image"),
