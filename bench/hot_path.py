@@ -47,7 +47,7 @@ def request_for(path: str, image: np.ndarray) -> tuple[dict[str, Any], bytes]:
     if path == "/predict":
         body = json.dumps({"image": image.tolist()}).encode()
     else:
-        tensor = {"name": "image", "shape": [1, 28, 28], "datatype": "UINT8"}
+        tensor = {"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8"}
         body = json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}]}).encode()
     scope = {
         "type": "http",
