@@ -80,16 +80,9 @@ WORKDIR /home/mnist
 
 # What both API images share; they differ only in their venv and device.
 FROM runtime AS api
-# glibc keeps freed image buffers of a few MB in its heaps and raises its mmap threshold
-# after each big free, so a burst of big images stays resident. A fixed 1 MiB threshold
-# hands big buffers back to the kernel when freed: measured with bench/image_bombs.py,
-# 8 40-megapixel PNGs left 1.6-2.4 GB resident without it, none (baseline) with it.
-# Two arenas keep the threads' heaps from multiplying that (README, "Image memory").
 ENV MNIST_HOST=0.0.0.0 \
     MNIST_PORT=8000 \
-    MNIST_MODEL_REPOSITORY=/models \
-    MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=1048576
+    MNIST_MODEL_REPOSITORY=/models
 EXPOSE 8000
 # urllib rather than curl: the slim base has no curl and the image needs none. MNIST_PORT is
 # read at check time, so a container that moves the port keeps a working healthcheck.

@@ -21,6 +21,7 @@ from service.middleware import AccessMiddleware, BodyLimitMiddleware
 from service.models.repository import LoadSettings, ModelRepository, scanner
 from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
+from service.native_memory import tune_allocator
 from service.openapi import install_openapi
 from service.routes import docs, health, metrics, predict, summary, ui
 from service.settings import Settings
@@ -40,6 +41,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: the threads that decode and infer start after it, in arenas it bounds.
+        tuned = tune_allocator()
+        if tuned:
+            logger.debug("allocator: %s", ", ".join(tuned))
         tracing.start()
         repository = ModelRepository(
             scanner(settings.model_repository, settings.model_path),

@@ -28,14 +28,9 @@ from service.errors import InputError
 from service.metrics import Metrics
 from service.models.policy import VersionPolicy
 from service.models.served import ServedVersion
-from service.models.session import (
-    Device,
-    ModelLoadError,
-    ModelSession,
-    SessionTuning,
-    release_native_memory,
-)
+from service.models.session import Device, ModelLoadError, ModelSession, SessionTuning
 from service.models.worker_state import Control, VersionReport, WorkerState
+from service.native_memory import release_native_memory
 
 logger = logging.getLogger(__name__)
 

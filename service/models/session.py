@@ -1,9 +1,6 @@
 """One onnxruntime session of the digit model, checked against the contract before use."""
 
-import ctypes
-import ctypes.util
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -173,26 +170,3 @@ def _providers_for(device: Device, tuning: SessionTuning, path: Path) -> list[Pr
             f"(available: {available}); install the `gpu` extra (onnxruntime-gpu)",
         )
     return [CPU]
-
-
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
-    return trim  # glibc only
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def release_native_memory() -> None:
-    """Hand the heap that freed sessions leave behind back to the system.
-
-    glibc keeps freed memory in its arenas for reuse, and a session's arenas come and go in
-    megabytes: without this, the resident set after each unload of a version stays where
-    it peaked, and load and unload cycles drift upwards (measured: +10-15 % in 50 cycles;
-    with it, flat).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
