@@ -786,6 +786,15 @@ def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_holds_is_400(
     )
 
 
+def test_an_arithmetic_coded_jpeg_is_415_with_what_to_save_instead() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(buffer, "JPEG")
+    baseline = buffer.getvalue()
+    at = baseline.index(b"\xff\xc0")  # the baseline frame: the same header, arithmetic-coded
+    arithmetic = baseline[:at] + b"\xff\xc9" + baseline[at + 2 :]
+    fails(lambda: image_from_bytes(arithmetic, max_pixels=MAX_PIXELS), 415, "baseline")
+
+
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
 def test_a_genuine_flat_jpeg_of_that_size_is_not_taken_for_a_liar(progressive: bool) -> None:
     flat = encode(Image.new("L", (6_000, 6_000)), "JPEG", progressive=progressive, optimize=True)

@@ -110,12 +110,20 @@ def _check_jpeg_data(data: bytes, size: tuple[int, int]) -> None:
     grey, so a 16x16 picture whose header says 6000x6000 decodes "fine" into 36 million
     invented pixels. With Huffman coding (baseline and progressive, nearly every JPEG)
     each 8x8 block of each component costs at least one bit for its DC coefficient, so
-    fewer bits than blocks means the file is not what its header says. Arithmetic-coded
-    files have no such floor and are not checked.
+    fewer bits than blocks means the file is not what its header says. Arithmetic coding
+    has no such floor, so those files are refused: hardly any tool writes them, and
+    browsers cannot open them either.
     """
     frame = _jpeg_frame(data)
-    if frame is None or frame.marker in _ARITHMETIC_SOF:
+    if frame is None:
         return
+    if frame.marker in _ARITHMETIC_SOF:
+        raise InputError(
+            "this JPEG file is arithmetic-coded, which is not accepted (its size cannot be "
+            "checked against its data, and browsers cannot open it either): save it as a "
+            "baseline or progressive JPEG, or as PNG",
+            status=415,
+        )
     blocks = frame.blocks()
     if len(data) * 8 < blocks:
         width, height = size
