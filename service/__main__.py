@@ -68,7 +68,9 @@ def main() -> None:
                 raise SystemExit(uvicorn.config.STARTUP_FAILURE)
             return
         try:
-            sockets = listening_sockets(settings.host, settings.port, workers)
+            sockets = listening_sockets(
+                settings.host, settings.port, workers, settings.listen_backlog
+            )
         except OSError as exc:
             print(
                 f"ERROR:    cannot listen on {settings.host}:{settings.port}: {exc}",

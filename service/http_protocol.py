@@ -62,6 +62,9 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
         "http": BoundedHttpToolsProtocol,
         # uvicorn counts the asking connection itself: N + 1 serves N and answers 503 beyond.
         "limit_concurrency": settings.max_connections + 1,
+        # The listen(2) backlog of each worker's socket: time spent there is before any
+        # deadline of ours starts.
+        "backlog": settings.listen_backlog,
         "timeout_keep_alive": settings.keep_alive_s,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.drain_timeout_s)),
         # Only h11 reads it (it answers 400, not 431): the cap holds whichever parser runs.

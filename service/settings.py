@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Connections one worker serves at once; requests on more get 503 at once.",
     )
+    listen_backlog: int = Field(
+        2048,
+        ge=1,
+        description="Per worker: connections the kernel holds, accepted but not yet taken by "
+        "the worker (the listen backlog); capped by net.core.somaxconn.",
+    )
 
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads inside one operator; 0: CPUs available / workers."

@@ -48,10 +48,13 @@ class WorkerStartError(RuntimeError):
     pass
 
 
-def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
     """``count`` sockets listening on one address, which the kernel balances connections over.
 
-    Port 0 picks a free port for the first, and the others join it."""
+    Port 0 picks a free port for the first, and the others join it. Each listens from here
+    on, with ``backlog`` (the kernel caps it at net.core.somaxconn): a connection that comes
+    before its worker is up waits for it rather than being refused. uvicorn listens again
+    with its own ``backlog``, which must be the same."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
@@ -62,6 +65,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             port = sock.getsockname()[1]
+            sock.listen(backlog)
             sock.set_inheritable(True)
     except OSError:
         for sock in sockets:

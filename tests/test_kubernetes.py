@@ -360,6 +360,77 @@ def test_the_grace_period_outlasts_the_services_own_drain(overlay: str) -> None:
     assert float(settings["MNIST_DRAIN_DELAY_S"]) >= 5, "endpoints take seconds to update"
 
 
+# Issue 14's limits: an operator tunes these per pod, so the manifests state them.
+OVERLOAD_SETTINGS = (
+    "MNIST_REQUEST_TIMEOUT_MS",
+    "MNIST_MAX_INFLIGHT_REQUESTS",
+    "MNIST_MAX_CONNECTIONS",
+    "MNIST_LISTEN_BACKLOG",
+    "MNIST_HEADER_TIMEOUT_S",
+    "MNIST_BODY_TIMEOUT_S",
+    "MNIST_KEEP_ALIVE_S",
+    "MNIST_MAX_HEADER_BYTES",
+    "MNIST_DECODE_MEMORY_BYTES",
+    "MNIST_MAX_IMAGE_PIXELS",
+    "MNIST_MAX_IMAGE_BYTES",
+)
+# What the worker takes at rest (123 MB measured, README "Scale"), with a margin: the
+# decode budget must fit beside it in the container's memory limit.
+WORKER_AT_REST_BYTES = 160 * 2**20
+GLIBC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+
+
+def memory_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in sorted(units.items(), key=lambda unit: -len(unit[0])):
+        if quantity.endswith(suffix):
+            return int(float(quantity.removesuffix(suffix)) * factor)
+    return int(quantity)
+
+
+def api_container(overlay: str) -> Obj:
+    if overlay == "overlays/kserve":
+        predictor = one(overlay, "InferenceService", "mnist")["spec"]["predictor"]
+        [found] = predictor["containers"]
+        return dict(found)
+    return container(one(overlay, "Deployment", "mnist-api"), "api")
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/kserve"])
+def test_the_api_settings_state_every_overload_limit(overlay: str) -> None:
+    settings = settings_of(overlay, "mnist-api-settings")
+    assert [name for name in OVERLOAD_SETTINGS if name not in settings] == []
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "overlays/kserve"])
+def test_the_decode_budget_fits_in_the_memory_limit_beside_the_worker(overlay: str) -> None:
+    settings = settings_of(overlay, "mnist-api-settings")
+    budget = int(settings["MNIST_DECODE_MEMORY_BYTES"])
+    limit = memory_bytes(api_container(overlay)["resources"]["limits"]["memory"])
+    workers = int(settings["MNIST_WORKERS"])
+    assert workers * budget + WORKER_AT_REST_BYTES <= limit
+    # An image bigger than the whole budget could never be admitted.
+    assert int(settings["MNIST_MAX_IMAGE_BYTES"]) <= budget
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/kserve"])
+def test_a_request_admitted_before_sigterm_ends_within_the_drain(overlay: str) -> None:
+    settings = settings_of(overlay, "mnist-api-settings")
+    deadline_s = float(settings["MNIST_REQUEST_TIMEOUT_MS"]) / 1000
+    assert 0 < deadline_s <= float(settings["MNIST_DRAIN_TIMEOUT_S"])
+    # Its headers and body must be able to arrive before the drain ends too.
+    assert float(settings["MNIST_HEADER_TIMEOUT_S"]) <= float(settings["MNIST_DRAIN_TIMEOUT_S"])
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "overlays/kserve"])
+def test_the_api_container_sets_glibcs_allocator_like_the_image(overlay: str) -> None:
+    env = {item["name"]: item.get("value") for item in api_container(overlay).get("env", [])}
+    assert {name: env.get(name) for name in GLIBC_ENV} == GLIBC_ENV
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for name, value in GLIBC_ENV.items():
+        assert f"{name}={value}" in dockerfile
+
+
 def test_service_pdb_hpa_and_network_policy_select_the_api_pods() -> None:
     deployment = one("base", "Deployment", "mnist-api")
     labels = deployment["spec"]["template"]["metadata"]["labels"]

@@ -5,6 +5,8 @@ import asyncio
 import collections
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from service.http_protocol import uvicorn_limits
+from service.settings import Settings
 from service.supervisor import listening_sockets
 from tests.server import REPO_ROOT, free_port
 
@@ -74,6 +78,28 @@ def test_sockets_share_one_port_and_port_0_picks_one_free_port_for_all() -> None
     finally:
         for sock in sockets:
             sock.close()
+
+
+def listen_backlog(sock: socket.socket) -> int:
+    """The backlog the kernel gives a listening socket: Linux reports it in TCP_INFO's
+    ``tcpi_sacked`` for a socket in LISTEN (after 8 one-byte fields and 5 ``u32``s)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 28)[0])
+
+
+def test_each_socket_listens_with_the_backlog_asked_for() -> None:
+    # 37: below any net.core.somaxconn, which caps it, and unlike any default.
+    sockets = listening_sockets("127.0.0.1", 0, 2, backlog=37)
+    try:
+        assert [listen_backlog(sock) for sock in sockets] == [37, 37]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_uvicorn_listens_again_with_the_same_backlog_setting() -> None:
+    limits = uvicorn_limits(Settings(listen_backlog=37))
+    assert limits["backlog"] == 37
 
 
 async def pids_of_a_burst(url: str, connections: int) -> list[bytes]:
