@@ -377,9 +377,6 @@ OVERLOAD_SETTINGS = (
 # What the worker takes at rest (123 MB measured, README "Scale"), with a margin: the
 # decode budget must fit beside it in the container's memory limit.
 WORKER_AT_REST_BYTES = 160 * 2**20
-GLIBC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
-
-
 def memory_bytes(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
     for suffix, factor in sorted(units.items(), key=lambda unit: -len(unit[0])):
@@ -420,15 +417,6 @@ def test_a_request_admitted_before_sigterm_ends_within_the_drain(overlay: str) -
     assert 0 < deadline_s <= float(settings["MNIST_DRAIN_TIMEOUT_S"])
     # Its headers and body must be able to arrive before the drain ends too.
     assert float(settings["MNIST_HEADER_TIMEOUT_S"]) <= float(settings["MNIST_DRAIN_TIMEOUT_S"])
-
-
-@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "overlays/kserve"])
-def test_the_api_container_sets_glibcs_allocator_like_the_image(overlay: str) -> None:
-    env = {item["name"]: item.get("value") for item in api_container(overlay).get("env", [])}
-    assert {name: env.get(name) for name in GLIBC_ENV} == GLIBC_ENV
-    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    for name, value in GLIBC_ENV.items():
-        assert f"{name}={value}" in dockerfile
 
 
 def test_service_pdb_hpa_and_network_policy_select_the_api_pods() -> None:
