@@ -377,6 +377,8 @@ OVERLOAD_SETTINGS = (
 # What the worker takes at rest (123 MB measured, README "Scale"), with a margin: the
 # decode budget must fit beside it in the container's memory limit.
 WORKER_AT_REST_BYTES = 160 * 2**20
+
+
 def memory_bytes(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
     for suffix, factor in sorted(units.items(), key=lambda unit: -len(unit[0])):

@@ -10,13 +10,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from model_contract import parse_version
-from service.dependencies import DecodeBudgetDep, RepositoryDep, SettingsDep
+from service.dependencies import AppScopedRoute, DecodeBudgetDep, RepositoryDep, SettingsDep
 from service.errors import InputError
 from service.inputs import formats, tensors
 from service.schemas import ErrorResponse, PredictResponse
 from service.tracing import traced
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=AppScopedRoute)
 
 # Documented here but read by hand where used: FastAPI would parse them on every request.
 _PARAMETERS = [
