@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from model_contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME
-from service.dependencies import DrainDep, RepositoryDep, SettingsDep
+from service.dependencies import AppScopedRoute, DrainDep, RepositoryDep, SettingsDep
 from service.errors import InputError, request_id
 from service.inference_protocol import codec as protocol
 from service.inference_protocol.schemas import (
@@ -236,21 +236,22 @@ _INFER_BODY: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/models/{model_name}/infer",
-    summary="Infer",
-    response_model=InferenceResponse,
-    openapi_extra=_INFER_BODY,
-)
-@router.post(
-    "/models/{model_name}/versions/{model_version}/infer",
-    summary="Infer with this model version",
-    response_model=InferenceResponse,
-    openapi_extra={**_INFER_BODY, **_VERSIONED},
-)
-async def infer(
-    request: Request, version: UrlVersion, repository: RepositoryDep, settings: SettingsDep
-) -> Response:
+class InferRoute(ProtocolRoute, AppScopedRoute):
+    """The protocol's errors, and no per-request dependency solving: infer is the hot path.
+    Its path parameters are read in the endpoint and documented in ``_INFER_PATH``."""
+
+
+_MODEL_NAME_PARAMETER: dict[str, Any] = {
+    "name": "model_name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": [MODEL_NAME]},
+    "description": 'The model: "mnist".',
+}
+
+
+async def infer(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
+    version = await _version_in_url(request, request.path_params["model_name"])
     tracing = traced(request)
     with tracing.span("decode"):
         body = protocol.decompress(
@@ -272,3 +273,22 @@ async def infer(
     if encoded.header_length is not None:
         headers = {protocol.HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
+
+
+for _path, _summary, _parameters in (
+    ("/models/{model_name}/infer", "Infer", [_MODEL_NAME_PARAMETER]),
+    (
+        "/models/{model_name}/versions/{model_version}/infer",
+        "Infer with this model version",
+        [_MODEL_NAME_PARAMETER, *_VERSIONED["parameters"]],
+    ),
+):
+    router.add_api_route(
+        _path,
+        infer,
+        methods=["POST"],
+        summary=_summary,
+        response_model=InferenceResponse,
+        openapi_extra={**_INFER_BODY, "parameters": _parameters},
+        route_class_override=InferRoute,
+    )
