@@ -218,6 +218,13 @@ class Batcher:
         self._queued[job.bulk] -= len(job.images)
         self._metrics.queued_images.set(self._queued[False] + self._queued[True])
 
+    def _release_all(self, jobs: list[_Job]) -> None:
+        # The gauge is set once a batch, not once a job: each set takes a lock (and writes
+        # a file, with several workers).
+        for job in jobs:
+            self._queued[job.bulk] -= len(job.images)
+        self._metrics.queued_images.set(self._queued[False] + self._queued[True])
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -240,8 +247,7 @@ class Batcher:
                         job.future.set_exception(exc)
                 continue
             finally:
-                for job in jobs:
-                    self._release(job)
+                self._release_all(jobs)
             self._metrics.batch_size.observe(len(batch))
             self._metrics.images.inc(len(batch))
             run = Batch(len(batch), len(jobs), started_ns, finished_ns)

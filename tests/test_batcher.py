@@ -364,3 +364,23 @@ async def test_answered_jobs_behind_a_waiting_earlier_deadline_are_freed_too(
     # 32 singles were answered before bulk ran; only those still waiting were kept.
     assert len(heap_sizes) == 1
     assert heap_sizes[0] <= 9
+
+
+async def test_the_queued_images_gauge_counts_a_waiting_job_and_drops_once_it_is_answered() -> None:
+    release = threading.Event()
+    metrics = Metrics()
+    batcher = make_batcher(RecordingModel(release), metrics)
+    gauge = metrics.queued_images.labels("1")
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(batcher.predict(images(0.1, 0.2)))
+        await asyncio.sleep(0)
+        assert gauge._value.get() == 3
+        release.set()
+        await asyncio.gather(blocker, waiting)
+        assert gauge._value.get() == 0
+    finally:
+        release.set()
+        await batcher.stop()
