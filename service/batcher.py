@@ -166,8 +166,9 @@ class Batcher:
         self._metrics.queued_images.set(self._queued[False] + self._queued[True])
         self._queues[bulk].append(job)
         self._arrived.set()
-        # A client that disconnects cancels only its own wait: the shared batch runs on.
-        return await asyncio.shield(job.future)
+        # No shield: a client that disconnects cancels the job's future, which the batcher
+        # then leaves alone like any answered one, so the shared batch runs on all the same.
+        return await job.future
 
     def _arm(self, deadline: float) -> None:
         if self._expiry is not None:
