@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from service import batcher as batcher_module
 from service.batcher import Batcher, QueueFullError
 from service.deadlines import DeadlineExceededError
 from service.metrics import Metrics
@@ -269,6 +270,117 @@ async def test_an_expired_job_frees_its_place_in_the_queue() -> None:
         await asyncio.sleep(0)
         release.set()
         await asyncio.gather(blocker, waiting)
+    finally:
+        release.set()
+        await batcher.stop()
+
+
+async def test_a_later_job_with_an_earlier_deadline_expires_first() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    batcher = make_batcher(model)
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)  # the model holds this batch until released
+        now = time.perf_counter()
+        patient = asyncio.create_task(batcher.predict(images(0.1), deadline=now + 5))
+        hasty = asyncio.create_task(batcher.predict(images(0.2), deadline=now + 0.03))
+        with pytest.raises(DeadlineExceededError):
+            await hasty
+        assert not patient.done()
+        release.set()
+        np.testing.assert_allclose(await patient, np.full((1, 10), 0.1), rtol=1e-6)
+        await blocker
+    finally:
+        release.set()
+        await batcher.stop()
+    assert model.batch_sizes == [1, 1]
+
+
+async def test_a_job_whose_deadline_passes_while_its_batch_runs_gets_504_not_its_answer() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics)
+    batcher.start()
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await batcher.predict(images(0.2), deadline=time.perf_counter() + 0.03)
+        release.set()
+        # The batch still finishes, and the batcher goes on taking jobs.
+        assert (await batcher.predict(images(0.3))).shape == (1, 10)
+    finally:
+        release.set()
+        await batcher.stop()
+    assert model.batch_sizes == [1, 1]
+    assert metrics.rejected.labels("deadline")._value.get() == 1
+
+
+async def test_answered_jobs_are_not_kept_until_their_deadline() -> None:
+    batcher = make_batcher(RecordingModel())
+    batcher.start()
+    try:
+        for _ in range(50):
+            await batcher.predict(images(0.1), deadline=time.perf_counter() + 60)
+        await asyncio.sleep(0)
+        # Their images and answers are freed now, not a timeout later.
+        assert len(batcher._deadlines) <= 1
+    finally:
+        await batcher.stop()
+
+
+async def test_answered_jobs_behind_a_waiting_earlier_deadline_are_freed_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batcher_module, "_COMPACT_FLOOR", 4)
+    release = threading.Event()
+    heap_sizes: list[int] = []
+
+    class HeapWatchingModel(RecordingModel):
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            if len(images) == 9:
+                heap_sizes.append(len(batcher._deadlines))
+            return super().predict(images)
+
+    batcher = make_batcher(HeapWatchingModel(release), max_batch_size=8)
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)  # the model holds this batch until released
+        far = time.perf_counter() + 60
+        # Bulk, with the earliest deadline: it waits at the heap's head while interactive
+        # jobs run first and are answered behind it.
+        bulk = asyncio.create_task(batcher.predict(images(*[0.9] * 9), deadline=far - 1))
+        singles = [
+            asyncio.create_task(batcher.predict(images(0.1), deadline=far)) for _ in range(40)
+        ]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(blocker, bulk, *singles)
+    finally:
+        release.set()
+        await batcher.stop()
+    # 32 singles were answered before bulk ran; only those still waiting were kept.
+    assert len(heap_sizes) == 1
+    assert heap_sizes[0] <= 9
+
+
+async def test_the_queued_images_gauge_counts_a_waiting_job_and_drops_once_it_is_answered() -> None:
+    release = threading.Event()
+    metrics = Metrics()
+    batcher = make_batcher(RecordingModel(release), metrics)
+    gauge = metrics.queued_images.labels("1")
+    batcher.start()
+    try:
+        blocker = asyncio.create_task(batcher.predict(images(0.5)))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(batcher.predict(images(0.1, 0.2)))
+        await asyncio.sleep(0)
+        assert gauge._value.get() == 3
+        release.set()
+        await asyncio.gather(blocker, waiting)
+        assert gauge._value.get() == 0
     finally:
         release.set()
         await batcher.stop()
