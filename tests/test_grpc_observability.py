@@ -139,6 +139,8 @@ def test_the_metrics_count_grpc_calls_by_method_and_status(served: tuple[Server,
     assert calls("ServerLive", "OK") == 1
     latency = grown(before, after, "mnist_http_request_duration_seconds_count", route=MODEL_INFER)
     assert latency == 5
+    # Too many images is INVALID_ARGUMENT over gRPC, and counted by its reason as REST's 413.
+    assert grown(before, after, "mnist_rejected_requests_total", reason="too_large") == 1
     assert grown(before, after, "mnist_images_predicted_total", version="1") == 4
 
 

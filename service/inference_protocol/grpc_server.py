@@ -79,6 +79,8 @@ def _answers_errors(method: Method[Reply]) -> Method[Reply]:
         try:
             return await method(self, request, context)
         except InputError as exc:
+            if exc.status == 413:  # REST counts its 413s so: the reason survives the code
+                self._metrics.rejected.labels("too_large").inc()
             trailers: tuple[tuple[str, str], ...] = ()
             if exc.headers and "Retry-After" in exc.headers:
                 trailers = (("retry-after", exc.headers["Retry-After"]),)
