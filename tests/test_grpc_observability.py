@@ -196,3 +196,28 @@ def test_a_refused_call_marks_its_decode_span_but_is_no_server_error(
     assert server.status.status_code is not StatusCode.ERROR
     assert decode.name == "decode"
     assert decode.status.status_code is StatusCode.ERROR
+
+
+def test_a_call_past_its_deadline_is_deadline_exceeded_and_counted_by_reason(
+    trained_model_path: Path,
+) -> None:
+    # 100 ns: gone by the time the request is decoded, so the batcher refuses it unrun.
+    grpc_port = free_port()
+    settings = Settings(
+        model_path=trained_model_path,
+        device="cpu",
+        host="127.0.0.1",
+        grpc_port=grpc_port,
+        request_timeout_ms=0.0001,
+    )
+    with (
+        TestClient(create_app(settings)) as rest,
+        triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client,
+    ):
+        assert refused(client, zeros(1)) == "StatusCode.DEADLINE_EXCEEDED"
+        metrics = rest.get("/metrics").text
+    assert 'mnist_rejected_requests_total{reason="deadline"} 1.0' in metrics
+    assert (
+        f'mnist_http_requests_total{{method="GRPC",route="{MODEL_INFER}",'
+        'status="DEADLINE_EXCEEDED"} 1.0'
+    ) in metrics

@@ -16,6 +16,7 @@ answer UNIMPLEMENTED, the base class's default.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from tritonclient.grpc import (  # type: ignore[import-untyped]
 from model_contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from service.auth import KeyRing, presented_key
 from service.batcher import QueueFullError
+from service.deadlines import REQUEST_DEADLINE
 from service.drain import Drain
 from service.errors import InputError
 from service.inference_protocol import codec as protocol
@@ -166,6 +168,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_answers_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        deadline = self._deadline()  # from arrival, as REST's: decoding counts too
         self._authorize(context)
         protocol.check_model(request.model_name)
         version = protocol.url_version(request.model_version)
@@ -177,7 +180,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         served = self._repository.resolve(version)
         call = this_call()
         call.images, call.model_version = len(images), served.name
-        result = await served.infer(images)
+        token = REQUEST_DEADLINE.set(deadline)
+        try:
+            result = await served.infer(images)
+        finally:
+            REQUEST_DEADLINE.reset(token)
         tracing.record_inference(result, served)
         with tracing.span("encode"):
             return self._response(request, served, result.probabilities, outputs)
@@ -199,6 +206,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             ],
             raw_output_contents=[tensor.tobytes()] * len(outputs),
         )
+
+    def _deadline(self) -> float | None:
+        """REST's deadline (service/admission.py), from now: past it nobody waits for the
+        answer, and the batcher answers DEADLINE_EXCEEDED without running the job."""
+        timeout_ms = self._settings.request_timeout_ms
+        return time.perf_counter() + timeout_ms / 1000 if timeout_ms > 0 else None
 
     def _resolve(self, name: str, version: str) -> Any:
         protocol.check_model(name)
