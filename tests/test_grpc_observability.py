@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc  # type: ignore[import-untyped]
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
@@ -144,6 +145,17 @@ def test_the_metrics_count_grpc_calls_by_method_and_status(served: tuple[Server,
     assert grown(before, after, "mnist_images_predicted_total", version="1") == 4
 
 
+def finished_call(exporter: InMemorySpanExporter) -> tuple[ReadableSpan, ...]:
+    """The spans of the call just made, once its server span has ended: an abort sends its
+    status before the interceptor ends the span, on the server's own thread."""
+    deadline = time.monotonic() + 10
+    while True:
+        finished = exporter.get_finished_spans()
+        if any(s.kind is SpanKind.SERVER for s in finished) or time.monotonic() > deadline:
+            return finished
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def traced_client(
     trained_model_path: Path,
@@ -167,7 +179,7 @@ def test_with_tracing_on_a_model_infer_call_is_a_server_span_in_the_clients_trac
     client, exporter = traced_client
     exporter.clear()
     client.infer("mnist", [zeros(2)], headers={"traceparent": TRACEPARENT})
-    finished = exporter.get_finished_spans()
+    finished = finished_call(exporter)
     server, children = request_tree(finished)
     assert server.name == MODEL_INFER.lstrip("/")
     assert dict(server.attributes or {}) == {
@@ -191,7 +203,7 @@ def test_a_refused_call_marks_its_decode_span_but_is_no_server_error(
     client, exporter = traced_client
     exporter.clear()
     assert refused(client, bad_shape()) == "StatusCode.INVALID_ARGUMENT"
-    server, [decode] = request_tree(exporter.get_finished_spans())
+    server, [decode] = request_tree(finished_call(exporter))
     assert (server.attributes or {})["rpc.grpc.status_code"] == 3
     assert server.status.status_code is not StatusCode.ERROR
     assert decode.name == "decode"
