@@ -1,7 +1,8 @@
 """What every gRPC call gets, as every REST request does: a server span, counting and timing
 in REST's metric families, and one access log line.
 
-One interceptor, so that no RPC can be added without it. The RPCs report what only they
+One interceptor rather than a decorator on each RPC, so that an RPC added later has all
+of it without asking. The RPCs report what only they
 know (images, model version, key id) in the call's ``CallRecord``, as REST's routes do in
 ``scope["state"]``.
 """
@@ -66,22 +67,29 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics = metrics
         self._tracing = tracing
         self._access_log = access_log
+        # gRPC asks on every call; the wrapped handler of a method is the same each time.
+        self._handlers: dict[str, Any] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[Any], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
     ) -> Any:
+        method: str = details.method
+        observed = self._handlers.get(method)
+        if observed is not None:
+            return observed
         handler = await continuation(details)
         # None: a method this server lacks, which gRPC answers UNIMPLEMENTED itself; unnamed
         # methods stay out of the labels. Streaming RPCs are all unimplemented here.
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._observed(details.method, handler.unary_unary),
+        observed = self._handlers[method] = grpc.unary_unary_rpc_method_handler(
+            self._observed(method, handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return observed
 
     def _observed(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
