@@ -81,7 +81,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             settings.decode_memory_bytes,
             on_refused=app_metrics.rejected.labels("decode_budget").inc,
         )
-        grpc_server = await _start_grpc(app, settings, repository, keys, drain, app_metrics)
+        grpc_server = await _start_grpc(
+            app, settings, repository, keys, drain, app_metrics, tracing
+        )
         _log_access_control(settings, keys)
         drain.install()
         # What start-up built lives as long as the process: moving it out of the collector's
@@ -160,15 +162,18 @@ async def _start_grpc(
     keys: KeyRing,
     drain: Drain,
     metrics: Metrics,
+    tracing: Tracing,
 ) -> Any:
     """The gRPC server, when MNIST_GRPC_PORT asks for one; None otherwise."""
     if not settings.grpc_port:
         return None
     # Imported only here: without a gRPC port the service needs neither grpcio nor the stubs.
+    from service.inference_protocol.grpc_observability import ObservingInterceptor
     from service.inference_protocol.grpc_server import InferenceServicer, start_grpc_server
 
-    servicer = InferenceServicer(repository, settings, keys, drain, metrics, app.version)
-    return await start_grpc_server(servicer, settings)
+    servicer = InferenceServicer(repository, settings, keys, drain, metrics, app.version, tracing)
+    observing = ObservingInterceptor(metrics, tracing, settings.access_log)
+    return await start_grpc_server(servicer, settings, observing)
 
 
 def _log_access_control(settings: Settings, keys: KeyRing) -> None:

@@ -48,13 +48,14 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mnist_http_requests",
-            "HTTP requests by route, method and status.",
+            "HTTP requests by route, method and status; gRPC calls too, as method GRPC, the "
+            "gRPC method as route and its status code's name as status.",
             ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "mnist_http_request_duration_seconds",
-            "Time from request to response, by route.",
+            "Time from request to response, by route (for gRPC, the gRPC method).",
             ["route"],
             buckets=_FAST_BUCKETS,
             registry=self.registry,

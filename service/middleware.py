@@ -147,8 +147,12 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
-            if _SANE_ID.fullmatch(text):
-                return text
-            break
+            return request_id_from(value.decode("latin-1"))
+    return request_id_from(None)
+
+
+def request_id_from(presented: str | None) -> str:
+    """The client's request id when it is sane (REST's header, gRPC's metadata), else a new one."""
+    if presented is not None and _SANE_ID.fullmatch(presented):
+        return presented
     return uuid.uuid4().hex

@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per event; json: one JSON object per line."
     )
-    access_log: bool = Field(True, description="One log line per request (uvicorn's is off).")
+    access_log: bool = Field(
+        True, description="One log line per request and per gRPC call (uvicorn's is off)."
+    )
 
     api_keys: str = Field(
         "", description="Comma-separated inference API keys; none: the API is open to anyone."

@@ -2,9 +2,10 @@
 
 It runs in each worker, on the worker's event loop, and shares everything with REST: the
 model repository (versions, and the batcher of each), the codec's checks of an input
-tensor, the limits and the API keys. Each worker binds the same port: gRPC's server sets
-SO_REUSEPORT on Linux, so the kernel spreads connections over the workers as it does the
-REST sockets'.
+tensor, the limits and the API keys; and operations see its calls as they see REST's
+requests (grpc_observability.py: an access line, the request metrics, a span). Each
+worker binds the same port: gRPC's server sets SO_REUSEPORT on Linux, so the kernel spreads
+connections over the workers as it does the REST sockets'.
 
 The messages and the servicer base are the ones tritonclient ships, generated from
 Triton's own proto, so that what this serves is what Triton's clients and perf_analyzer
@@ -15,6 +16,7 @@ answer UNIMPLEMENTED, the base class's default.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
@@ -31,12 +33,15 @@ from tritonclient.grpc import (  # type: ignore[import-untyped]
 from model_contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from service.auth import KeyRing, presented_key
 from service.batcher import QueueFullError
+from service.deadlines import REQUEST_DEADLINE
 from service.drain import Drain
 from service.errors import InputError
 from service.inference_protocol import codec as protocol
+from service.inference_protocol.grpc_observability import ObservingInterceptor, this_call
 from service.metrics import Metrics
 from service.models.repository import ModelRepository
 from service.settings import Settings
+from service.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ def _answers_errors(method: Method[Reply]) -> Method[Reply]:
         try:
             return await method(self, request, context)
         except InputError as exc:
+            if exc.status == 413:  # REST counts its 413s so: the reason survives the code
+                self._metrics.rejected.labels("too_large").inc()
             trailers: tuple[tuple[str, str], ...] = ()
             if exc.headers and "Retry-After" in exc.headers:
                 trailers = (("retry-after", exc.headers["Retry-After"]),)
@@ -94,6 +101,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         drain: Drain,
         metrics: Metrics,
         version: str,
+        tracing: Tracing | None = None,
     ):
         self._repository = repository
         self._settings = settings
@@ -101,6 +109,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self._drain = drain
         self._metrics = metrics
         self._version = version
+        self._tracing = tracing or Tracing()  # off unless given one
 
     # --- health: open to all, like REST's /v2/health/ -------------------------------------
 
@@ -159,15 +168,31 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_answers_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        deadline = self._deadline()  # from arrival, as REST's: decoding counts too
         self._authorize(context)
         protocol.check_model(request.model_name)
         version = protocol.url_version(request.model_version)
-        images = decode_images(request, self._settings.max_images_per_request)
-        outputs = requested_outputs(request)
+        tracing = self._tracing
+        with tracing.span("decode"):
+            images = decode_images(request, self._settings.max_images_per_request)
+            outputs = requested_outputs(request)
         # Resolved only now, and run at once: the whole request runs on the version it got.
         served = self._repository.resolve(version)
-        result = await served.infer(images)
-        tensor = np.ascontiguousarray(result.probabilities, dtype="<f4")
+        call = this_call()
+        call.images, call.model_version = len(images), served.name
+        token = REQUEST_DEADLINE.set(deadline)
+        try:
+            result = await served.infer(images)
+        finally:
+            REQUEST_DEADLINE.reset(token)
+        tracing.record_inference(result, served)
+        with tracing.span("encode"):
+            return self._response(request, served, result.probabilities, outputs)
+
+    def _response(
+        self, request: Any, served: Any, probabilities: np.ndarray, outputs: list[str]
+    ) -> Any:
+        tensor = np.ascontiguousarray(probabilities, dtype="<f4")
         shape = list(tensor.shape)
         return service_pb2.ModelInferResponse(
             model_name=MODEL_NAME,
@@ -181,6 +206,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             ],
             raw_output_contents=[tensor.tobytes()] * len(outputs),
         )
+
+    def _deadline(self) -> float | None:
+        """REST's deadline (service/admission.py), from now: past it nobody waits for the
+        answer, and the batcher answers DEADLINE_EXCEEDED without running the job."""
+        timeout_ms = self._settings.request_timeout_ms
+        return time.perf_counter() + timeout_ms / 1000 if timeout_ms > 0 else None
 
     def _resolve(self, name: str, version: str) -> Any:
         protocol.check_model(name)
@@ -199,11 +230,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         if presented is None:
             self._metrics.auth_failures.labels("missing").inc()
             raise InputError(f"this API takes an API key: {_HOW}", 401)
-        if self._keys.find(presented) is None:
+        key = self._keys.find(presented)
+        if key is None:
             self._metrics.auth_failures.labels("invalid").inc()
             raise InputError(
                 f"the API key is not valid: {_HOW} with a key from MNIST_API_KEYS", 401
             )
+        this_call().key_id = key.id
 
 
 def decode_images(request: Any, max_images: int) -> np.ndarray:
@@ -265,15 +298,18 @@ def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def start_grpc_server(servicer: InferenceServicer, settings: Settings) -> grpc.aio.Server:
+async def start_grpc_server(
+    servicer: InferenceServicer, settings: Settings, observing: ObservingInterceptor
+) -> grpc.aio.Server:
     """Serving on MNIST_GRPC_PORT once this returns; start-up fails if it cannot bind."""
     server = grpc.aio.server(
+        interceptors=[observing],
         options=[
             # Explicit, though Linux's default: every worker binds this same port.
             ("grpc.so_reuseport", 1),
             # REST's body limit, for the same images per request over either protocol.
             ("grpc.max_receive_message_length", settings.max_body_bytes),
-        ]
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     address = listen_address(settings.host, settings.grpc_port)
