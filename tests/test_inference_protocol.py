@@ -32,6 +32,7 @@ from service.inference_protocol.codec import (
     url_version,
 )
 from service.inference_protocol.routes import router
+from service.inference_protocol.schemas import InferenceResponse
 from service.models.repository import VersionNotReadyError
 from service.settings import Settings
 from service.tracing import Tracing
@@ -189,6 +190,16 @@ def test_responses_read_back_by_tritonclient(binary: bool) -> None:
         assert encoded.header_length is None
         assert len(output["data"]) == 30
         assert "parameters" not in output
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_response_written_by_hand_is_what_the_documented_schema_says(binary: bool) -> None:
+    request = DecodedRequest("abc", FLOATS, (RequestedOutput("probabilities", binary),))
+    encoded = encode_response(PROBABILITIES, request, "7")
+    header = encoded.body[: encoded.header_length] if binary else encoded.body
+    document = orjson.loads(header)
+    parsed = InferenceResponse.model_validate(document)
+    assert parsed.model_dump(exclude_none=True, mode="json") == document
 
 
 def test_a_response_without_request_id_has_no_id() -> None:

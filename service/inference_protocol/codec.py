@@ -32,14 +32,12 @@ from service.inference_protocol.schemas import (
     ConfigTensor,
     DynamicBatching,
     InferenceRequest,
-    InferenceResponse,
     MetadataTensor,
     ModelConfigResponse,
     ModelMetadataResponse,
     Parameters,
     RequestInput,
     RequestOutput,
-    ResponseOutput,
 )
 from service.inputs.model_input import check_count, to_model_input
 
@@ -181,22 +179,29 @@ def decode_request(body: bytes, header_length: str | None, max_images: int) -> D
 def encode_response(
     probabilities: np.ndarray, request: DecodedRequest, version: str
 ) -> EncodedResponse:
-    outputs: list[ResponseOutput] = []
+    """The response as ``schemas.InferenceResponse`` documents it, written straight to JSON:
+    on the hot path a pydantic model per response would only be built to be dumped."""
+    outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     # Only one output exists, so every requested output is the probabilities tensor.
     tensor = np.ascontiguousarray(probabilities, dtype="<f4")
     for requested in request.outputs:
-        output = ResponseOutput(name=requested.name, shape=list(tensor.shape), datatype="FP32")
+        output: dict[str, Any] = {
+            "name": requested.name,
+            "shape": list(tensor.shape),
+            "datatype": OUTPUT_DATATYPE,
+        }
         if requested.binary:
             blobs.append(tensor.tobytes())
-            output.parameters = {"binary_data_size": tensor.nbytes}
+            output["parameters"] = {"binary_data_size": tensor.nbytes}
         else:
-            output.data = tensor.reshape(-1)
+            output["data"] = tensor.reshape(-1)
         outputs.append(output)
-    response = InferenceResponse(
-        model_name=MODEL_NAME, model_version=version, id=request.id, outputs=outputs
-    )
-    header = orjson.dumps(response.model_dump(exclude_none=True), option=orjson.OPT_SERIALIZE_NUMPY)
+    response: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": version}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = outputs
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return EncodedResponse(header, None)
     return EncodedResponse(b"".join([header, *blobs]), len(header))
