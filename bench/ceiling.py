@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.loadgen import LoadFigures, find_wrk, run_wrk, wrk_command
 from bench.payloads import Payload, json_payload, load_test_digits, offline_data_dir
-from bench.server import REPO_ROOT, RunningServer, ServerConfig, free_port
+from bench.server import REPO_ROOT, RunningServer, ServerConfig, free_port, stop_process
 
 BARE, PLAIN, SERVICE = "bare ASGI", "plain FastAPI", "service"
 CONCURRENCY = (1, 32)
@@ -64,12 +64,7 @@ def uvicorn_app(app: str, workers: int, model: Path, log: Path, body: Payload) -
         _wait_answering(url, body, process)
         yield Target(url, process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_answering(url: str, body: Payload, process: subprocess.Popen[bytes]) -> None:

@@ -31,6 +31,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, up to 20 s to finish, then SIGKILL: a server under test never outlives it."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def server_env(model: Path, device: str, port: int, config: ServerConfig) -> dict[str, str]:
     """Ours, then the benchmark's fixed settings, then the configuration's: last wins."""
     return {
@@ -114,14 +126,8 @@ class RunningServer:
         )
 
     def _stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
+        if self._process is not None:
+            stop_process(self._process)
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
