@@ -62,6 +62,28 @@ def read_until_closed(conn: socket.socket, limit_s: float) -> tuple[bytes, float
     return received, time.monotonic() - started
 
 
+def trickle_and_read(
+    conn: socket.socket, piece: bytes, limit_s: float, until: bytes | None = None
+) -> bytes:
+    """Send ``piece`` every 0.3 s and keep what comes back, until the server closes or
+    breaks the connection, ``until`` arrives, or ``limit_s`` passes."""
+    conn.settimeout(0.3)
+    received = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            conn.sendall(piece)
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        received += chunk
+        if not chunk or (until is not None and until in chunk):
+            break
+    return received
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -120,19 +142,7 @@ def test_a_slow_body_gets_408_and_the_connection_closes(
             b'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"inputs": ['
         )
         started = time.monotonic()
-        conn.settimeout(0.3)
-        received = b""
-        for _ in range(int((BODY_TIMEOUT_S + SLACK_S) / 0.3) + 1):
-            try:
-                conn.sendall(b"0,")
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            received += chunk
-            if not chunk or b"}" in chunk:
-                break
+        received = trickle_and_read(conn, b"0,", BODY_TIMEOUT_S + SLACK_S, until=b"}")
         rest, _ = read_until_closed(conn, SLACK_S + 2)
         elapsed = time.monotonic() - started
     head, _, body = (received + rest).partition(b"\r\n\r\n")
@@ -261,19 +271,8 @@ def test_a_body_answered_early_does_not_keep_the_connection_open(server: Server)
             b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100000000\r\n\r\n"
         )
-        conn.settimeout(0.3)
-        received, started = b"", time.monotonic()
-        while time.monotonic() - started < 5:
-            try:
-                conn.sendall(b" ")
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            received += chunk
+        started = time.monotonic()
+        received = trickle_and_read(conn, b" ", 5)
         elapsed = time.monotonic() - started
     assert received.startswith(b"HTTP/1.1 413 "), received[:200]
     assert elapsed <= 1.0 + SLACK_S, f"held {elapsed:.1f} s after its answer"
