@@ -11,6 +11,7 @@ from types import FrameType
 import uvicorn
 from prometheus_client import multiprocess
 
+from service.accepting import AcceptingServer
 from service.auth import KeyFileError, KeyRing
 from service.http_protocol import uvicorn_limits
 from service.logs import log_config
@@ -61,12 +62,6 @@ def main() -> None:
             server_header=False,
             **uvicorn_limits(settings),
         )
-        if workers == 1:
-            server = uvicorn.Server(config)
-            server.run()
-            if not server.started:
-                raise SystemExit(uvicorn.config.STARTUP_FAILURE)
-            return
         try:
             sockets = listening_sockets(
                 settings.host, settings.port, workers, settings.listen_backlog
@@ -77,6 +72,14 @@ def main() -> None:
                 file=sys.stderr,
             )
             raise SystemExit(1) from None
+        if workers == 1:
+            # On a socket of ours, like each worker of several: AcceptingServer accepts
+            # every waiting connection at each wake-up, where uvloop's server takes one.
+            server = AcceptingServer(config, announce=True)
+            server.run(sockets=sockets)
+            if not server.started:
+                raise SystemExit(uvicorn.config.STARTUP_FAILURE)
+            return
         supervisor = Supervisor(
             config,
             sockets,

@@ -31,6 +31,8 @@ from types import FrameType
 
 import uvicorn
 
+from service.accepting import AcceptingServer
+
 logger = logging.getLogger("uvicorn.error")
 
 multiprocessing.allow_connection_pickling()
@@ -77,7 +79,7 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> 
 def _serve(config: uvicorn.Config, sock: socket.socket, started: Event) -> None:
     """A worker: uvicorn on the socket it was given; ``started`` once the app is ready."""
     config.configure_logging()
-    server = uvicorn.Server(config)
+    server = AcceptingServer(config)
 
     def report_start() -> None:
         while not server.started and not server.should_exit:
