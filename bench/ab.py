@@ -14,13 +14,13 @@ runs made minutes apart. Single-image JSON or a PNG upload, c=1 and c=32 by defa
 """
 
 import argparse
-import statistics
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from bench.loadgen import LoadFigures, find_wrk, run_wrk, wrk_command
 from bench.payloads import json_payload, load_test_digits, offline_data_dir, png_payload
+from bench.report import spread
 from bench.server import REPO_ROOT, RunningServer, ServerConfig
 
 PAYLOADS = {"json": json_payload, "png": png_payload}
@@ -40,10 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     parser.add_argument("--wrk", default=None)
     return parser.parse_args(argv)
-
-
-def spread(values: list[float], unit: str) -> str:
-    return f"{min(values):{unit}} / {statistics.median(values):{unit}} / {max(values):{unit}}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,12 @@ model that answers a constant, so that only the batcher's own code is left.
 import argparse
 import asyncio
 import inspect
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.report import spread
 from service.batcher import Batcher, Predictor
 from service.deadlines import REQUEST_DEADLINE
 from service.metrics import Metrics
@@ -97,10 +97,6 @@ def raw_us(model: Predictor, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):7.2f} / {statistics.median(values):7.2f} / {max(values):7.2f}"
-
-
 async def measure(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     batcher = make_batcher(model)
@@ -123,7 +119,7 @@ async def measure(args: argparse.Namespace) -> None:
         await batcher.stop()
     print(f"\nus per single-image job, {args.calls:,} jobs a round: min / median / max")
     for name, values in figures.items():
-        print(f"{name:11} {spread(values)}")
+        print(f"{name:11} {spread(values, '7.2f')}")
 
 
 def main(argv: list[str] | None = None) -> int:

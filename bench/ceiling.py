@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.loadgen import LoadFigures, find_wrk, run_wrk, wrk_command
 from bench.payloads import Payload, json_payload, load_test_digits, offline_data_dir
+from bench.report import spread
 from bench.server import REPO_ROOT, RunningServer, ServerConfig, free_port, stop_process
 
 BARE, PLAIN, SERVICE = "bare ASGI", "plain FastAPI", "service"
@@ -80,11 +81,6 @@ def _wait_answering(url: str, body: Payload, process: subprocess.Popen[bytes]) -
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
     raise SystemExit(f"{url} did not answer within 60 s (exit code {process.poll()})")
-
-
-def spread(values: list[float], unit: str = ",.0f") -> str:
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{low:{unit}} / {mid:{unit}} / {high:{unit}}"
 
 
 def main(argv: list[str] | None = None) -> int:

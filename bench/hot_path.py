@@ -16,7 +16,6 @@ import asyncio
 import cProfile
 import json
 import pstats
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import onnxruntime as ort
 
 from bench.baselines.bare_asgi import app as bare_app
 from bench.payloads import load_test_digits, offline_data_dir
+from bench.report import spread
 from service.app import create_app
 from service.settings import Settings
 
@@ -102,10 +102,6 @@ def raw_onnxruntime_us(model: Path, image: np.ndarray, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):7.1f} / {statistics.median(values):7.1f} / {max(values):7.1f}"
-
-
 async def measure(args: argparse.Namespace) -> None:
     image = load_test_digits(offline_data_dir()).images[0]
     scope, body = request_for(args.path, image)
@@ -133,9 +129,11 @@ async def measure(args: argparse.Namespace) -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     print(f"\n{args.path}, one digit, {args.calls:,} calls a round: min / median / max us")
     for name, values in figures.items():
-        print(f"{name:16} {spread(values)}")
+        print(f"{name:16} {spread(values, '7.1f')}")
     own = [s - b - r for s, b, r in zip(*figures.values(), strict=True)]
-    print(f"{'service own code':16} {spread(own)}   (service - bare ASGI - raw onnxruntime)")
+    print(
+        f"{'service own code':16} {spread(own, '7.1f')}   (service - bare ASGI - raw onnxruntime)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Figures to verdicts: ratios to raw onnxruntime, the issue's targets, and the printed table."""
 
+import statistics
 from dataclasses import dataclass
 
 from bench.loadgen import LoadFigures
@@ -181,3 +182,9 @@ def format_table(results: list[ScenarioResult], raw: RawFigures) -> str:
 def format_targets(verdicts: list[TargetVerdict]) -> str:
     mark = {True: "PASS", False: "MISS", None: "----"}
     return "\n".join(f"  {mark[v.passed]}  [{v.config}] {v.target}: {v.measured}" for v in verdicts)
+
+
+def spread(values: list[float], unit: str = ",.0f") -> str:
+    """min / median / max of repeated runs, each formatted with ``unit``."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{low:{unit}} / {mid:{unit}} / {high:{unit}}"
