@@ -22,16 +22,16 @@ _TUNING: Final = (
 )
 
 
-def _libc_function(name: str) -> Callable[..., int] | None:
+def _libc_functions(*names: str) -> list[Callable[..., int] | None]:
+    # Looked up once: find_library runs ldconfig in a subprocess, at every import of this.
     library = ctypes.util.find_library("c")
     if library is None:
-        return None
-    function: Callable[..., int] | None = getattr(ctypes.CDLL(library), name, None)
-    return function  # glibc only
+        return [None for _ in names]
+    libc = ctypes.CDLL(library)
+    return [getattr(libc, name, None) for name in names]  # glibc only
 
 
-_MALLOPT: Final = _libc_function("mallopt")
-_MALLOC_TRIM: Final = _libc_function("malloc_trim")
+_MALLOPT, _MALLOC_TRIM = _libc_functions("mallopt", "malloc_trim")
 
 
 def tune_allocator() -> list[str]:
