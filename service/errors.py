@@ -1,5 +1,7 @@
 """Errors a client can fix, and the handlers that turn every failure into a JSON answer."""
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,17 @@ class InputError(Exception):
         self.message = message
         self.status = status
         self.headers = headers
+
+
+@contextmanager
+def about(what: str, statuses: Mapping[int, int] | None = None) -> Iterator[None]:
+    """An InputError raised inside says what it is about (``what: message``): one file of
+    many, one input; ``statuses`` maps its status to another, as a protocol needs."""
+    try:
+        yield
+    except InputError as exc:
+        status = (statuses or {}).get(exc.status, exc.status)
+        raise InputError(f"{what}: {exc.message}", status, exc.headers) from None
 
 
 def request_id(request: Request) -> str | None:

@@ -16,8 +16,8 @@ model card's id (a training run) is reported in the model config.
 
 import math
 import zlib
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import orjson
 from pydantic import ValidationError
 
 from model_contract import CLASSES, IMAGE_SHAPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, parse_version
-from service.errors import InputError
+from service.errors import InputError, about
 from service.inference_protocol.schemas import (
     ConfigParameter,
     ConfigTensor,
@@ -320,15 +320,10 @@ def _image_count(name: str, shape: tuple[int, ...], max_images: int) -> int:
         return check_count(shape[0], max_images)
 
 
-@contextmanager
-def _named(name: str) -> Iterator[None]:
+def _named(name: str) -> AbstractContextManager[None]:
     """The shared input checks' refusals, named for the input and in the protocol's terms:
     it has no 422, a well-formed but wrong request is its 400."""
-    try:
-        yield
-    except InputError as exc:
-        status = 400 if exc.status == 422 else exc.status
-        raise InputError(f"input {name!r}: {exc.message}", status, exc.headers) from None
+    return about(f"input {name!r}", {422: 400})
 
 
 def check_parameter_names(names: Collection[str], what: str) -> None:

@@ -1,9 +1,6 @@
 """Image files as /predict receives them: multipart parts or one raw body, decoded in the
 thread pool under the worker's decode budget."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -11,7 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service.decode_budget import DecodeBudget
-from service.errors import InputError
+from service.errors import InputError, about
 from service.inputs import image_files
 from service.inputs.model_input import ModelInput, check_count
 from service.settings import Settings
@@ -62,7 +59,7 @@ def _open_files(files: list[NamedFile], settings: Settings) -> list[tuple[str, I
     opened: list[tuple[str, Image.Image]] = []
     try:
         for name, data in files:
-            with _named(name):
+            with about(name):
                 image = image_files.open_image(
                     data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
                 )
@@ -77,15 +74,6 @@ def _open_files(files: list[NamedFile], settings: Settings) -> list[tuple[str, I
 def _decoded_files(opened: list[tuple[str, Image.Image]]) -> ModelInput:
     images = []
     for name, image in opened:
-        with _named(name):
+        with about(name):
             images.append(image_files.image_from_opened(image))
     return np.stack(images)[:, :, :, np.newaxis]
-
-
-@contextmanager
-def _named(name: str) -> Iterator[None]:
-    """Says which file an InputError is about: one of many parts, or the body."""
-    try:
-        yield
-    except InputError as exc:
-        raise InputError(f"{name}: {exc.message}", exc.status, exc.headers) from exc
