@@ -56,8 +56,14 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> 
     Port 0 picks a free port for the first, and the others join it. Each listens from here
     on, with ``backlog`` (the kernel caps it at net.core.somaxconn): a connection that comes
     before its worker is up waits for it rather than being refused. uvicorn listens again
-    with its own ``backlog``, which must be the same."""
+    with its own ``backlog``, which must be the same.
+
+    A port another server already listens on is refused (EADDRINUSE), even one that uses
+    SO_REUSEPORT too: joining it, a stale instance would silently take half its
+    connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port != 0:
+        _refuse_if_in_use(family, host, port)
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -74,6 +80,14 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> 
             sock.close()
         raise
     return sockets
+
+
+def _refuse_if_in_use(family: socket.AddressFamily, host: str, port: int) -> None:
+    # Binding without SO_REUSEPORT fails while anyone listens on the port, with or without
+    # it; SO_REUSEADDR keeps connections in TIME_WAIT from a previous run out of the way.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def _serve(config: uvicorn.Config, sock: socket.socket, started: Event) -> None:

@@ -3,6 +3,7 @@ dies, and a non-zero exit when one cannot start (uvicorn's own exits 0)."""
 
 import asyncio
 import collections
+import errno
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from service.http_protocol import uvicorn_limits
 from service.settings import Settings
@@ -78,6 +80,32 @@ def test_sockets_share_one_port_and_port_0_picks_one_free_port_for_all() -> None
     finally:
         for sock in sockets:
             sock.close()
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "so_reuseport"])
+def test_a_port_another_server_listens_on_is_refused(reuse_port: bool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        # A stale mnist-serve listens with SO_REUSEPORT; joining it would take half its
+        # connections, so both kinds of listener must make the port unusable.
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(OSError, match="in use") as refused:
+            listening_sockets("127.0.0.1", other.getsockname()[1], 2)
+        assert refused.value.errno == errno.EADDRINUSE
+
+
+def test_a_port_left_in_time_wait_by_a_previous_run_can_be_listened_on_again() -> None:
+    first = listening_sockets("127.0.0.1", 0, 1)
+    port = first[0].getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = first[0].accept()
+    accepted.close()  # the server closes first: its side of the connection is in TIME_WAIT
+    client.close()
+    first[0].close()
+    again = listening_sockets("127.0.0.1", port, 2)
+    for sock in again:
+        sock.close()
 
 
 def listen_backlog(sock: socket.socket) -> int:
