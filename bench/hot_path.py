@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--path", default="/predict", help="or /v2/models/mnist/infer")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative...")
+    parser.add_argument("--top", type=int, default=25)
     return parser.parse_args(argv)
 
 
@@ -126,7 +128,7 @@ async def measure(args: argparse.Namespace) -> None:
             profiler.enable()
             await per_call_us(app, scope, body, args.calls)
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
     print(f"\n{args.path}, one digit, {args.calls:,} calls a round: min / median / max us")
     for name, values in figures.items():
         print(f"{name:16} {spread(values, '7.1f')}")
