@@ -7,6 +7,8 @@ one comparison, and leaves the worker the time to answer those it took on.
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,25 +27,51 @@ def is_inference(scope: Scope) -> bool:
     return path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
-class AdmissionMiddleware:
-    """Refuses inference requests over ``max_inflight`` in progress with 503 and Retry-After,
-    before their body is read; gives each one taken its deadline (``timeout_s``, 0: none)."""
+class InflightLimit:
+    """Inference requests in progress on one worker, REST and gRPC together: one budget
+    (MNIST_MAX_INFLIGHT_REQUESTS), whichever protocol a flood comes by."""
 
-    def __init__(self, app: ASGIApp, max_inflight: int, timeout_s: float, metrics: Metrics):
-        self.app = app
-        self.max_inflight = max_inflight
-        self.timeout_s = timeout_s
+    def __init__(self, limit: int, metrics: Metrics):
+        self.limit = limit
         self.inflight = 0
         self._refused = metrics.rejected.labels("inflight_limit")
+
+    def refusal(self) -> str | None:
+        """Why a new request is refused now (and counted so), or None when it may start."""
+        if self.inflight < self.limit:
+            return None
+        self._refused.inc()
+        return (
+            f"server busy: {self.inflight} requests in progress on this worker (limit "
+            f"{self.limit}, MNIST_MAX_INFLIGHT_REQUESTS); retry after {RETRY_AFTER_S} s"
+        )
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+
+class AdmissionMiddleware:
+    """Refuses inference requests over the in-flight limit with 503 and Retry-After, before
+    their body is read; gives each one taken its deadline (``timeout_s``, 0: none)."""
+
+    def __init__(self, app: ASGIApp, limit: InflightLimit, timeout_s: float, metrics: Metrics):
+        self.app = app
+        self.limit = limit
+        self.timeout_s = timeout_s
         self._too_large = metrics.rejected.labels("too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_inference(scope):
             await self.app(scope, receive, send)
             return
-        if self.inflight >= self.max_inflight:
-            self._refused.inc()
-            await self._refuse(scope, send)
+        refusal = self.limit.refusal()
+        if refusal is not None:
+            await self._refuse(scope, send, refusal)
             return
 
         async def counting_send(message: Message) -> None:
@@ -52,23 +80,18 @@ class AdmissionMiddleware:
                 self._too_large.inc()
             await send(message)
 
-        self.inflight += 1
         token = REQUEST_DEADLINE.set(
             time.perf_counter() + self.timeout_s if self.timeout_s > 0 else None
         )
         try:
-            await self.app(scope, receive, counting_send)
+            with self.limit.held():
+                await self.app(scope, receive, counting_send)
         finally:
             REQUEST_DEADLINE.reset(token)
-            self.inflight -= 1
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, message: str) -> None:
         # Open Inference Protocol clients read "error"; ours read "detail".
         key = "error" if scope["path"].startswith("/v2/") else "detail"
-        message = (
-            f"server busy: {self.inflight} requests in progress on this worker (limit "
-            f"{self.max_inflight}, MNIST_MAX_INFLIGHT_REQUESTS); retry after {RETRY_AFTER_S} s"
-        )
         body = orjson.dumps({key: message, "request_id": scope.get("state", {}).get("request_id")})
         await send(
             {

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, InflightLimit
 from service.auth import AuthMiddleware, KeyRing
 from service.decode_budget import DecodeBudget
 from service.drain import Drain
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app_metrics = Metrics()
     keys = KeyRing.from_settings(settings)
     drain = Drain(settings.drain_delay_s)
+    inflight = InflightLimit(settings.max_inflight_requests, app_metrics)
     # Off unless the OTEL_* variables ask for traces; ``tracing`` (tests) brings exporters.
     tracing = tracing or Tracing()
 
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             on_refused=app_metrics.rejected.labels("decode_budget").inc,
         )
         grpc_server = await _start_grpc(
-            app, settings, repository, keys, drain, app_metrics, tracing
+            app, settings, repository, keys, drain, app_metrics, tracing, inflight
         )
         _log_access_control(settings, keys)
         drain.install()
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # reading bodies; inside CORS, so browsers can read the 503.
     app.add_middleware(
         AdmissionMiddleware,
-        max_inflight=settings.max_inflight_requests,
+        limit=inflight,
         timeout_s=settings.request_timeout_ms / 1000,
         metrics=app_metrics,
     )
@@ -163,6 +164,7 @@ async def _start_grpc(
     drain: Drain,
     metrics: Metrics,
     tracing: Tracing,
+    inflight: InflightLimit,
 ) -> Any:
     """The gRPC server, when MNIST_GRPC_PORT asks for one; None otherwise."""
     if not settings.grpc_port:
@@ -171,7 +173,9 @@ async def _start_grpc(
     from service.inference_protocol.grpc_observability import ObservingInterceptor
     from service.inference_protocol.grpc_server import InferenceServicer, start_grpc_server
 
-    servicer = InferenceServicer(repository, settings, keys, drain, metrics, app.version, tracing)
+    servicer = InferenceServicer(
+        repository, settings, keys, drain, metrics, inflight, app.version, tracing
+    )
     observing = ObservingInterceptor(metrics, tracing, settings.access_log)
     return await start_grpc_server(servicer, settings, observing)
 

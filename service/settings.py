@@ -209,8 +209,8 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(
         512,
         ge=1,
-        description="Inference requests in progress per worker before new ones get 503, "
-        "refused before their body is read.",
+        description="Inference requests in progress per worker, REST and gRPC together, "
+        "before new ones get 503 (gRPC: UNAVAILABLE), refused before their body is read.",
     )
     request_timeout_ms: float = Field(
         10_000,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import orjson
 from fastapi.testclient import TestClient
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, InflightLimit
 from service.app import create_app
 from service.deadlines import REQUEST_DEADLINE
 from service.metrics import Metrics
@@ -46,9 +46,14 @@ async def call(app: AdmissionMiddleware, request: Scope) -> list[Message]:
     return sent
 
 
+def admitting(inner: ASGIApp, limit: int, timeout_s: float) -> AdmissionMiddleware:
+    metrics = Metrics()
+    return AdmissionMiddleware(inner, InflightLimit(limit, metrics), timeout_s, metrics)
+
+
 async def test_requests_over_the_inflight_limit_get_503_before_their_body_is_read() -> None:
     inner, metrics = HeldApp(), Metrics()
-    app = AdmissionMiddleware(inner, max_inflight=2, timeout_s=0, metrics=metrics)
+    app = AdmissionMiddleware(inner, InflightLimit(2, metrics), timeout_s=0, metrics=metrics)
     held = [asyncio.create_task(call(app, scope("/predict"))) for _ in range(2)]
     await asyncio.sleep(0)
     refused = await call(app, scope("/predict"))
@@ -67,7 +72,7 @@ async def test_requests_over_the_inflight_limit_get_503_before_their_body_is_rea
 
 async def test_other_routes_are_never_counted_nor_refused() -> None:
     inner = HeldApp()
-    app = AdmissionMiddleware(inner, max_inflight=1, timeout_s=0, metrics=Metrics())
+    app = admitting(inner, 1, 0)
     held = asyncio.create_task(call(app, scope("/predict")))
     await asyncio.sleep(0)
     others = [
@@ -75,7 +80,7 @@ async def test_other_routes_are_never_counted_nor_refused() -> None:
         for path, method in [("/metrics", "GET"), ("/v2/repository/index", "POST")]
     ]
     await asyncio.sleep(0)
-    assert app.inflight == 1
+    assert app.limit.inflight == 1
     inner.release.set()
     assert all(m[0]["status"] == 200 for m in await asyncio.gather(held, *others))
 
@@ -83,14 +88,14 @@ async def test_other_routes_are_never_counted_nor_refused() -> None:
 async def test_each_admitted_request_carries_its_deadline() -> None:
     inner = HeldApp()
     inner.release.set()
-    app = AdmissionMiddleware(inner, max_inflight=4, timeout_s=2.0, metrics=Metrics())
+    app = admitting(inner, 4, 2.0)
     before = time.perf_counter()
     await call(app, scope("/predict"))
     [deadline] = inner.deadlines
     assert deadline is not None
     assert before + 2.0 <= deadline <= time.perf_counter() + 2.0
     assert REQUEST_DEADLINE.get() is None, "the deadline must not outlive its request"
-    unlimited = AdmissionMiddleware(inner, max_inflight=4, timeout_s=0, metrics=Metrics())
+    unlimited = admitting(inner, 4, 0)
     await call(unlimited, scope("/predict"))
     assert inner.deadlines[-1] is None
 

@@ -1,11 +1,13 @@
 """The Open Inference Protocol over gRPC, against the real server, with Triton's client."""
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc  # type: ignore[import-untyped]
@@ -257,3 +259,62 @@ def test_two_workers_both_serve_grpc(trained_model_path: Path, digits: np.ndarra
                 assert result.as_numpy("probabilities").shape == (1, 10)
         started = [line for line in server.output if "gRPC (Open Inference Protocol)" in line]
         assert len(started) == 2, server.output
+
+
+def one_digit_request(digits: np.ndarray) -> Any:
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(
+        name="image", datatype="UINT8", shape=[1, 28, 28, 1]
+    )
+    return service_pb2.ModelInferRequest(
+        model_name="mnist", inputs=[tensor], raw_input_contents=[digits[:1].tobytes()]
+    )
+
+
+def test_rest_and_grpc_share_one_inflight_limit(
+    trained_model_path: Path, digits: np.ndarray
+) -> None:
+    grpc_port = free_port()
+    with (
+        running_server(
+            trained_model_path,
+            MNIST_WORKERS="1",
+            MNIST_GRPC_PORT=str(grpc_port),
+            MNIST_MAX_INFLIGHT_REQUESTS="1",
+        ) as url,
+        grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = one_digit_request(digits)
+        host, port = url.removeprefix("http://").split(":")
+        # A REST request whose body never comes holds the worker's one place.
+        with socket.create_connection((host, int(port))) as held:
+            held.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n"
+            )
+            refused = None
+            for _ in range(50):
+                try:
+                    stub.ModelInfer(request, timeout=5)
+                except grpc.RpcError as error:
+                    refused = error
+                    break
+                time.sleep(0.05)
+            assert refused is not None, "gRPC was served beside a REST request at the limit"
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+            assert "MNIST_MAX_INFLIGHT_REQUESTS" in refused.details()
+            assert ("retry-after", "1") in refused.trailing_metadata()
+        # Once the REST request is gone, its place is gRPC's.
+        answer, codes = None, set()
+        for _ in range(50):
+            try:
+                answer = stub.ModelInfer(request, timeout=5)
+                break
+            except grpc.RpcError as error:
+                codes.add(error.code())
+                time.sleep(0.05)
+        assert answer is not None, f"the place the REST request held was never freed: {codes}"
+        assert codes <= {grpc.StatusCode.UNAVAILABLE}
+        assert answer.outputs[0].shape == [1, 10]
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'mnist_rejected_requests_total{reason="inflight_limit"}' in metrics

@@ -31,8 +31,8 @@ from tritonclient.grpc import (  # type: ignore[import-untyped]
 )
 
 from model_contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from service.admission import RETRY_AFTER_S, InflightLimit
 from service.auth import KeyRing, presented_key
-from service.batcher import QueueFullError
 from service.deadlines import REQUEST_DEADLINE
 from service.drain import Drain
 from service.errors import InputError
@@ -68,8 +68,6 @@ Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
 
 
 def grpc_code(error: InputError) -> grpc.StatusCode:
-    if isinstance(error, QueueFullError):
-        return grpc.StatusCode.UNAVAILABLE
     return _CODES.get(error.status, grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -100,6 +98,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         keys: KeyRing,
         drain: Drain,
         metrics: Metrics,
+        inflight: InflightLimit,
         version: str,
         tracing: Tracing | None = None,
     ):
@@ -108,6 +107,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self._keys = keys
         self._drain = drain
         self._metrics = metrics
+        self._inflight = inflight
         self._version = version
         self._tracing = tracing or Tracing()  # off unless given one
 
@@ -169,6 +169,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @_answers_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         deadline = self._deadline()  # from arrival, as REST's: decoding counts too
+        refusal = self._inflight.refusal()
+        if refusal is not None:
+            raise InputError(refusal, 503, {"Retry-After": str(RETRY_AFTER_S)})
+        with self._inflight.held():
+            return await self._infer(request, context, deadline)
+
+    async def _infer(self, request: Any, context: Any, deadline: float | None) -> Any:
         self._authorize(context)
         protocol.check_model(request.model_name)
         version = protocol.url_version(request.model_version)
