@@ -16,9 +16,11 @@ before it queues: the images ahead of it, at the rate batches drained a backlog 
 import asyncio
 import heapq
 import itertools
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -91,6 +93,61 @@ class WaitTooLongError(ServerBusyError):
         )
 
 
+# A batch, the future its answer goes to, and the loop that future belongs to.
+Item = tuple[np.ndarray, "asyncio.Future[np.ndarray]", asyncio.AbstractEventLoop]
+
+
+def _settle(
+    future: asyncio.Future[np.ndarray], result: np.ndarray | None, error: BaseException | None
+) -> None:
+    if future.cancelled():  # the batcher stopped while the batch ran
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+class InferenceThread:
+    """The one thread batches run on: handed over with one queue put, answered on the loop
+    with one call_soon_threadsafe. run_in_executor costs more a batch for what only a pool
+    needs (work items, a concurrent Future chained to an asyncio one, thread accounting)."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray]):
+        self._predict = predict
+        self._batches: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread.start()
+
+    def run(self, batch: np.ndarray) -> asyncio.Future[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._batches.put((batch, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Once the batch running, if any, is done: a session must not go while in use."""
+        self._batches.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        # One call a batch, so that no batch or answer outlives its turn in a local.
+        while self._run_one(self._batches.get()):
+            pass
+
+    def _run_one(self, item: Item | None) -> bool:
+        if item is None:
+            return False
+        batch, future, loop = item
+        try:
+            result = self._predict(batch)
+        except BaseException as exc:  # handed to the batcher, which answers every job
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+        return True
+
+
 # Answered jobs the deadline heap may hold beyond twice the jobs waiting, before they go.
 _COMPACT_FLOOR = 1024
 
@@ -134,7 +191,7 @@ class Batcher:
         # Seconds per image of batches that left others waiting: how fast a backlog drains.
         # None until one such batch ran; a lone request's cost says nothing of that.
         self._seconds_per_image: float | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._thread = InferenceThread(model.predict)
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -155,7 +212,7 @@ class Batcher:
             # that holds this batcher: a cycle that would keep the model's session (megabytes
             # of native memory) alive until a full collection. Unloaded models must go now.
             self._worker = None
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
 
     async def predict(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """float32 (N, 28, 28, 1) -> (N, 10), coalesced with whatever else is queued."""
@@ -268,7 +325,6 @@ class Batcher:
         self._metrics.queued_images.set(self._queued[False] + self._queued[True])
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._forget_answered()
             jobs = await self._collect()
@@ -279,9 +335,7 @@ class Batcher:
             batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
             try:
                 started, started_ns = time.perf_counter(), time.time_ns()
-                probabilities = await loop.run_in_executor(
-                    self._executor, self._model.predict, batch
-                )
+                probabilities = await self._thread.run(batch)
                 elapsed = time.perf_counter() - started
                 self._metrics.inference.observe(elapsed)
                 finished_ns = time.time_ns()

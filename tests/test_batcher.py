@@ -485,3 +485,19 @@ async def test_without_a_backlog_measured_yet_a_short_deadline_waits_for_its_504
     finally:
         release.set()
         await batcher.stop()
+
+
+async def test_stopping_waits_for_the_batch_running_and_ends_the_inference_thread() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    batcher = make_batcher(model)
+    batcher.start()
+    running = asyncio.create_task(batcher.predict(images(0.5)))
+    await asyncio.sleep(0.01)  # the model holds this batch until released
+    threading.Timer(0.05, release.set).start()
+    await batcher.stop()
+    # The model was still in use when stop began: it returns only once that call is over,
+    # so an unloaded version's session is never freed under a running batch.
+    assert model.batch_sizes == [1]
+    assert not [t for t in threading.enumerate() if t.name == "inference" and t.is_alive()]
+    running.cancel()  # a version stops once its requests are done: none is left waiting
