@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 # uvicorn has drained REST by now; gRPC gets as long again for its own calls.
                 await grpc_server.stop(grace=settings.drain_timeout_s)
             await repository.stop()
+            app.state.decode_budget.close()
             await tracing.shutdown()
 
     app = FastAPI(

@@ -1,6 +1,8 @@
 """The decode admission: a cap on decodes at once, and a memory budget that refuses, not waits."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -85,3 +87,23 @@ async def test_a_decode_that_fails_gives_its_bytes_and_slot_back() -> None:
 def test_a_budget_of_nothing_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="positive"):
         DecodeBudget(concurrency=0, memory_bytes=1_000)
+
+
+async def test_work_runs_on_the_budgets_own_threads_and_close_waits_for_it() -> None:
+    budget = DecodeBudget(concurrency=2, memory_bytes=1_000)
+    names = await asyncio.gather(
+        *(budget.run(lambda: threading.current_thread().name) for _ in range(8))
+    )
+    assert {name.rsplit("_", 1)[0] for name in names} == {"decode"}
+    assert len(set(names)) <= 2, "no more threads than decodes may run at once"
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.05)
+        finished.set()
+
+    running = asyncio.ensure_future(budget.run(slow))
+    await asyncio.sleep(0.01)
+    budget.close()
+    assert finished.is_set(), "close returned while a decode was still running"
+    await running

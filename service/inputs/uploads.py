@@ -1,9 +1,8 @@
-"""Image files as /predict receives them: multipart parts or one raw body, decoded in the
-thread pool under the worker's decode budget."""
+"""Image files as /predict receives them: multipart parts or one raw body, decoded on the
+decode budget's threads, under its limits."""
 
 import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -38,18 +37,18 @@ async def files_from_form(request: Request, settings: Settings) -> list[NamedFil
 async def images_from_files(
     files: list[NamedFile], settings: Settings, budget: DecodeBudget
 ) -> ModelInput:
-    """Image files -> (N, 28, 28, 1), in the thread pool: a big photo takes milliseconds
+    """Image files -> (N, 28, 28, 1), on the budget's threads: a big photo takes milliseconds
     to decode, which on the event loop would stall every other request meanwhile.
 
     The headers are read first, so that the budget admits or refuses the request before a
     pixel is decoded. The files decode one after another: the largest is what the request
     holds at once.
     """
-    opened = await run_in_threadpool(_open_files, files, settings)
+    opened = await budget.run(_open_files, files, settings)
     try:
         needed = max(image_files.decoded_bytes(image) for _, image in opened)
         async with budget.admit(needed):
-            return await run_in_threadpool(_decoded_files, opened)
+            return await budget.run(_decoded_files, opened)
     finally:
         for _, image in opened:
             image.close()
