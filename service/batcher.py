@@ -191,7 +191,7 @@ class Batcher:
         # Seconds per image of batches that left others waiting: how fast a backlog drains.
         # None until one such batch ran; a lone request's cost says nothing of that.
         self._seconds_per_image: float | None = None
-        self._thread = InferenceThread(model.predict)
+        self._thread: InferenceThread | None = None  # from start() to stop()
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -199,7 +199,8 @@ class Batcher:
         return self._worker is not None and not self._worker.done()
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._run(), name="batcher")
+        self._thread = InferenceThread(self._model.predict)
+        self._worker = asyncio.create_task(self._run(self._thread), name="batcher")
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -212,7 +213,9 @@ class Batcher:
             # that holds this batcher: a cycle that would keep the model's session (megabytes
             # of native memory) alive until a full collection. Unloaded models must go now.
             self._worker = None
-        self._thread.stop()
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
 
     async def predict(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """float32 (N, 28, 28, 1) -> (N, 10), coalesced with whatever else is queued."""
@@ -324,7 +327,7 @@ class Batcher:
             self._queued[job.bulk] -= len(job.images)
         self._metrics.queued_images.set(self._queued[False] + self._queued[True])
 
-    async def _run(self) -> None:
+    async def _run(self, thread: InferenceThread) -> None:
         while True:
             self._forget_answered()
             jobs = await self._collect()
@@ -335,7 +338,7 @@ class Batcher:
             batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
             try:
                 started, started_ns = time.perf_counter(), time.time_ns()
-                probabilities = await self._thread.run(batch)
+                probabilities = await thread.run(batch)
                 elapsed = time.perf_counter() - started
                 self._metrics.inference.observe(elapsed)
                 finished_ns = time.time_ns()
@@ -369,10 +372,10 @@ class Batcher:
 
     def _head(self, bulk: bool) -> _Job | None:
         """The first job of a queue still waiting, dropping those whose deadline passed."""
-        queue = self._queues[bulk]
-        while queue and queue[0].settled:
-            queue.popleft()
-        return queue[0] if queue else None
+        waiting = self._queues[bulk]
+        while waiting and waiting[0].settled:
+            waiting.popleft()
+        return waiting[0] if waiting else None
 
     def _opening_kind(self) -> bool | None:
         """Which queue opens the next batch (True: bulk), or None when both are empty."""
