@@ -14,6 +14,7 @@ from service.auth import AuthMiddleware, KeyRing
 from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.errors import install_error_handlers
+from service.inference_dispatcher import InferenceDispatcher
 from service.inference_protocol import fallback_routes, repository_routes
 from service.inference_protocol import routes as inference_protocol
 from service.metrics import Metrics
@@ -126,7 +127,11 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         fallback_routes,
     ):
         app.include_router(module.router)
-    # Innermost first: each one added wraps those before it.
+    # Innermost first: each one added wraps those before it. The dispatcher in front of the
+    # router, so that what it serves goes through every middleware below.
+    app.add_middleware(
+        InferenceDispatcher, routes=[*predict.router.routes, *inference_protocol.router.routes]
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     if keys:
