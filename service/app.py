@@ -105,8 +105,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         summary="The classic Keras MNIST convnet on onnxruntime: send digit images, get digits.",
         version="0.1.0",
         lifespan=lifespan,
-        # FastAPI's own request spans would be a second server span beside ours.
-        telemetry={"tracing": False},
+        # FastAPI's own request spans would be a second server span beside ours, and its
+        # metrics and logs a second count beside the access middleware's; off, FastAPI
+        # skips the provider lookups it would make on every request to find them.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         # Served by routes/docs.py, with their scripts pinned by hash.
         docs_url=None,
         redoc_url=None,
