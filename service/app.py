@@ -129,8 +129,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         fallback_routes,
     ):
         app.include_router(module.router)
-    # Innermost first: each one added wraps those before it. The dispatcher in front of the
-    # router, so that what it serves goes through every middleware below.
+    # Innermost first: each one added wraps those before it. The dispatcher first, just in
+    # front of the router, so that what it serves still goes through all the others.
     app.add_middleware(
         InferenceDispatcher, routes=[*predict.router.routes, *inference_protocol.router.routes]
     )
