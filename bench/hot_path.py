@@ -5,7 +5,10 @@ the same request ``--calls`` times in a row straight to its ASGI callable, and a
 a bare ASGI app that answers a constant, and times raw onnxruntime on the same digit. The
 difference between the app and the bare one is what the service's own code costs a
 request, middleware to response, inference and the hand-over to the inference thread
-included: what a lean hot path must cut. Several rounds, min/median/max.
+included: what a lean hot path must cut. Several rounds, min/median/max. The event loop
+thread's CPU per request is printed too: the wall time also holds the wait for the
+inference thread's hand-over, which moves with the machine's load far more than the
+Python does.
 
     .venv/bin/python -m bench.hot_path --model models/mnist.onnx
     .venv/bin/python -m bench.hot_path --model models/mnist.onnx --profile   # top functions
@@ -72,7 +75,10 @@ def request_for(path: str, image: np.ndarray) -> tuple[dict[str, Any], bytes]:
     return scope, body
 
 
-async def per_call_us(app: ASGIApp, scope: dict[str, Any], body: bytes, calls: int) -> float:
+async def per_call_us(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, calls: int, loop_cpu_us: list[float]
+) -> float:
+    """Wall us per call; appends the event loop thread's CPU us per call to ``loop_cpu_us``."""
     message = {"type": "http.request", "body": body, "more_body": False}
     statuses: list[int] = []
 
@@ -83,10 +89,11 @@ async def per_call_us(app: ASGIApp, scope: dict[str, Any], body: bytes, calls: i
         if event["type"] == "http.response.start":
             statuses.append(event["status"])
 
-    started = time.perf_counter()
+    started, loop_cpu = time.perf_counter(), time.thread_time()
     for _ in range(calls):
         await app(dict(scope), receive, send)
     elapsed = time.perf_counter() - started
+    loop_cpu_us.append((time.thread_time() - loop_cpu) / calls * 1e6)
     if set(statuses) != {200}:
         raise SystemExit(f"not every answer was 200: {sorted(set(statuses))}")
     return elapsed / calls * 1e6
@@ -112,21 +119,25 @@ async def measure(args: argparse.Namespace) -> None:
     )
     app = create_app(settings)
     figures: dict[str, list[float]] = {"service": [], "bare ASGI": [], "raw onnxruntime": []}
+    # The event loop's own CPU, the inference thread's left out: what the service's Python
+    # costs, without the wall clock's wait for the hand-over, which moves with the machine.
+    loop_cpu: list[float] = []
     async with app.router.lifespan_context(app):
-        await per_call_us(app, scope, body, 200)  # warm-up
+        await per_call_us(app, scope, body, 200, [])  # warm-up
         for round_ in range(1, args.rounds + 1):
-            figures["service"].append(await per_call_us(app, scope, body, args.calls))
-            figures["bare ASGI"].append(await per_call_us(bare_app, scope, body, args.calls))
+            figures["service"].append(await per_call_us(app, scope, body, args.calls, loop_cpu))
+            figures["bare ASGI"].append(await per_call_us(bare_app, scope, body, args.calls, []))
             figures["raw onnxruntime"].append(raw_onnxruntime_us(args.model, image, args.calls))
             print(
                 f"round {round_}: "
-                + ", ".join(f"{name} {values[-1]:.1f} us" for name, values in figures.items()),
+                + ", ".join(f"{name} {values[-1]:.1f} us" for name, values in figures.items())
+                + f", service's event loop CPU {loop_cpu[-1]:.1f} us",
                 flush=True,
             )
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            await per_call_us(app, scope, body, args.calls)
+            await per_call_us(app, scope, body, args.calls, [])
             profiler.disable()
             pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
     print(f"\n{args.path}, one digit, {args.calls:,} calls a round: min / median / max us")
@@ -136,6 +147,7 @@ async def measure(args: argparse.Namespace) -> None:
     print(
         f"{'service own code':16} {spread(own, '7.1f')}   (service - bare ASGI - raw onnxruntime)"
     )
+    print(f"{'event loop CPU':16} {spread(loop_cpu, '7.1f')}   (the service's, on its loop thread)")
 
 
 def main(argv: list[str] | None = None) -> int:

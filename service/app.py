@@ -14,6 +14,7 @@ from service.auth import AuthMiddleware, KeyRing
 from service.decode_budget import DecodeBudget
 from service.drain import Drain
 from service.errors import install_error_handlers
+from service.inference_dispatcher import InferenceDispatcher
 from service.inference_protocol import fallback_routes, repository_routes
 from service.inference_protocol import routes as inference_protocol
 from service.metrics import Metrics
@@ -106,8 +107,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         summary="The classic Keras MNIST convnet on onnxruntime: send digit images, get digits.",
         version="0.1.0",
         lifespan=lifespan,
-        # FastAPI's own request spans would be a second server span beside ours.
-        telemetry={"tracing": False},
+        # FastAPI's own request spans would be a second server span beside ours, and its
+        # metrics and logs a second count beside the access middleware's; off, FastAPI
+        # skips the provider lookups it would make on every request to find them.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         # Served by routes/docs.py, with their scripts pinned by hash.
         docs_url=None,
         redoc_url=None,
@@ -128,7 +131,11 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         fallback_routes,
     ):
         app.include_router(module.router)
-    # Innermost first: each one added wraps those before it.
+    # Innermost first: each one added wraps those before it. The dispatcher first, just in
+    # front of the router, so that what it serves still goes through all the others.
+    app.add_middleware(
+        InferenceDispatcher, routes=[*predict.router.routes, *inference_protocol.router.routes]
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     if keys:

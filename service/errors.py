@@ -2,7 +2,6 @@
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,20 +35,41 @@ def request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+def validation_problems(exc: RequestValidationError) -> str:
+    """What FastAPI's validation found, as one line: ``where: what; where: what``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def error_response(
+    request: Request, message: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The service's error answer, ``{"detail": ..., "request_id": ...}``."""
+    return JSONResponse(
+        {"detail": message, "request_id": request_id(request)}, status, headers=headers
+    )
+
+
+def client_error_response(request: Request, exc: Exception) -> JSONResponse | None:
+    """The answer to an error the client can fix; None for any other (a 500 to come).
+
+    The app's exception handlers and the inference dispatcher both answer through it, so
+    that a request gets the same error whichever of them served it.
+    """
+    if isinstance(exc, InputError):
+        return error_response(request, exc.message, exc.status, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        return error_response(request, validation_problems(exc), 422)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(request, str(exc.detail), exc.status_code, exc.headers)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    def error(request: Request, message: str, status: int, headers: Any = None) -> JSONResponse:
-        body = {"detail": message, "request_id": request_id(request)}
-        return JSONResponse(body, status, headers=headers)
+    async def client_error(request: Request, exc: Exception) -> JSONResponse:
+        response = client_error_response(request, exc)
+        if response is None:  # only registered for the types it answers
+            raise exc
+        return response
 
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error(request, exc.message, exc.status, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return error(request, "; ".join(problems), 422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(request, str(exc.detail), exc.status_code, exc.headers)
+    for handled in (InputError, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(handled, client_error)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from model_contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME
 from service.dependencies import AppScopedRoute, DrainDep, RepositoryDep, SettingsDep
-from service.errors import InputError, request_id
+from service.errors import InputError, request_id, validation_problems
 from service.inference_protocol import codec as protocol
 from service.inference_protocol.schemas import (
     InferenceRequest,
@@ -48,6 +48,21 @@ def protocol_error(
     )
 
 
+def protocol_error_response(request: Request, exc: Exception) -> Response:
+    """The protocol's answer to a failure: ``{"error": ...}``, a 500 for one of ours.
+
+    ProtocolRoute answers through it, and so does the inference dispatcher.
+    """
+    if isinstance(exc, InputError):
+        return protocol_error(request, exc.message, exc.status, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        return protocol_error(request, validation_problems(exc), 400)
+    if isinstance(exc, HTTPException):
+        return protocol_error(request, str(exc.detail), exc.status_code, exc.headers)
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return protocol_error(request, "internal server error: see the server log", 500)
+
+
 class ProtocolRoute(APIRoute):
     """An APIRoute whose errors come out as the protocol's ``{"error": ...}``."""
 
@@ -57,18 +72,8 @@ class ProtocolRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except InputError as exc:
-                return protocol_error(request, exc.message, exc.status, exc.headers)
-            except RequestValidationError as exc:
-                problems = [
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-                ]
-                return protocol_error(request, "; ".join(problems), 400)
-            except HTTPException as exc:
-                return protocol_error(request, str(exc.detail), exc.status_code, exc.headers)
-            except Exception:
-                logger.exception("%s %s failed", request.method, request.url.path)
-                return protocol_error(request, "internal server error: see the server log", 500)
+            except Exception as exc:
+                return protocol_error_response(request, exc)
 
         return handle
 

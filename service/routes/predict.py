@@ -3,11 +3,12 @@
 What a body may be, and how each kind is read, is ``service.inputs.formats``' table.
 """
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import QueryParams
 
 from model_contract import parse_version
 from service.dependencies import AppScopedRoute, DecodeBudgetDep, RepositoryDep, SettingsDep
@@ -17,6 +18,7 @@ from service.schemas import ErrorResponse, PredictResponse
 from service.tracing import traced
 
 router = APIRouter(tags=["predict"], route_class=AppScopedRoute)
+_NO_QUERY: Final = QueryParams()
 
 # Documented here but read by hand where used: FastAPI would parse them on every request.
 _PARAMETERS = [
@@ -68,7 +70,8 @@ async def predict(
     request: Request, repository: RepositoryDep, settings: SettingsDep, budget: DecodeBudgetDep
 ) -> Response:
     tracing = traced(request)
-    query = request.query_params
+    # Parsed only when there is one: most requests have none, and parsing costs a few us.
+    query = request.query_params if request.scope["query_string"] else _NO_QUERY
     version = requested_version(query.get("version"))
     dtype, shape = tensors.tensor_description(query.get("dtype"), query.get("shape"))
     body_format = formats.format_for(request.headers.get("content-type"))
