@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deadlines import REQUEST_DEADLINE
+from service.errors import send_refusal
 from service.metrics import Metrics
 
 RETRY_AFTER_S = 1
@@ -90,18 +90,4 @@ class AdmissionMiddleware:
             REQUEST_DEADLINE.reset(token)
 
     async def _refuse(self, scope: Scope, send: Send, message: str) -> None:
-        # Open Inference Protocol clients read "error"; ours read "detail".
-        key = "error" if scope["path"].startswith("/v2/") else "detail"
-        body = orjson.dumps({key: message, "request_id": scope.get("state", {}).get("request_id")})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(RETRY_AFTER_S).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_refusal(scope, send, 503, message, {"Retry-After": str(RETRY_AFTER_S)})

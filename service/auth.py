@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import send_refusal
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -144,16 +144,8 @@ class AuthMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send, status: int, reason: str, why: str) -> None:
         self.metrics.auth_failures.labels(reason).inc()
-        key = "error" if scope["path"].startswith("/v2/") else "detail"
-        body = orjson.dumps({key: why, "request_id": scope.get("state", {}).get("request_id")})
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="mnist-serving"'))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        challenge = {"WWW-Authenticate": 'Bearer realm="mnist-serving"'} if status == 401 else None
+        await send_refusal(scope, send, status, why, challenge)
 
 
 _HOW = "send it as `Authorization: Bearer KEY` or `X-API-Key: KEY`"

@@ -3,10 +3,12 @@
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 
 class InputError(Exception):
@@ -28,6 +30,26 @@ def about(what: str, statuses: Mapping[int, int] | None = None) -> Iterator[None
     except InputError as exc:
         status = (statuses or {}).get(exc.status, exc.status)
         raise InputError(f"{what}: {exc.message}", status, exc.headers) from None
+
+
+async def send_refusal(
+    scope: Scope, send: Send, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> None:
+    """An error answered by ASGI middleware, before any route: in the format the route
+    would have answered in, ``{"error": ...}`` under /v2/ (the Open Inference Protocol's),
+    ``{"detail": ...}`` elsewhere."""
+    key = "error" if scope["path"].startswith("/v2/") else "detail"
+    body = orjson.dumps({key: message, "request_id": scope.get("state", {}).get("request_id")})
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def request_id(request: Request) -> str | None:

@@ -5,12 +5,11 @@ import re
 import time
 import uuid
 
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.drain import Drain
-from service.errors import InputError
+from service.errors import InputError, send_refusal
 from service.logs import ACCESS_LOGGER
 from service.metrics import Metrics
 
@@ -30,9 +29,8 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                # Open Inference Protocol clients read "error"; ours read "detail".
-                key = "error" if scope["path"].startswith("/v2/") else "detail"
-                await _send_error(send, self._too_big(), key, scope)
+                too_big = self._too_big()
+                await send_refusal(scope, send, too_big.status, too_big.message)
                 return
         received = 0
 
@@ -53,23 +51,6 @@ class BodyLimitMiddleware:
             "send fewer or smaller images per request",
             status=413,
         )
-
-
-async def _send_error(send: Send, error: InputError, key: str, scope: Scope) -> None:
-    body = orjson.dumps(
-        {key: error.message, "request_id": scope.get("state", {}).get("request_id")}
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class AccessMiddleware:
