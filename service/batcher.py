@@ -8,9 +8,7 @@ blocks and onnxruntime's own intra-op threads are not oversubscribed.
 Interactive jobs (a few images) and bulk jobs queue apart, each queue with its own limit,
 so a flood of big batches fills only its own queue. Batches take interactive jobs first,
 but while both queues wait bulk gets a guaranteed share of the images, so neither starves.
-A job whose request deadline passes while it waits is answered 504 at once and never run,
-and one that could not be run in time even by the batcher's own measure is refused (503)
-before it queues: the images ahead of it, at the rate batches drained a backlog lately.
+A job whose request deadline passes while it waits is answered 504 at once and never run.
 """
 
 import asyncio
@@ -67,29 +65,13 @@ class _Job:
     settled: bool = False
 
 
-class ServerBusyError(InputError):
-    """A 503 worth retrying shortly."""
-
-    def __init__(self, message: str):
-        super().__init__(message, status=503, headers={"Retry-After": "1"})
-
-
-class QueueFullError(ServerBusyError):
+class QueueFullError(InputError):
     def __init__(self, queued: int, limit: int, kind: str = "inference"):
         super().__init__(
-            f"server busy: {queued} images already queued for {kind} (limit {limit}); retry shortly"
-        )
-
-
-class WaitTooLongError(ServerBusyError):
-    """The queue is not full, but too long for this request's deadline: a 503 now rather
-    than a 504 once the client has waited its whole deadline for nothing."""
-
-    def __init__(self, ahead: int, wait_s: float, deadline_s: float):
-        super().__init__(
-            f"server busy: the {ahead} images ahead of it (queued or running) would take about "
-            f"{wait_s * 1000:.0f} ms, past this request's deadline in {deadline_s * 1000:.0f} "
-            "ms (MNIST_REQUEST_TIMEOUT_MS); retry shortly or send fewer images per request"
+            f"server busy: {queued} images already queued for {kind} (limit {limit}); "
+            "retry shortly",
+            status=503,
+            headers={"Retry-After": "1"},
         )
 
 
@@ -153,9 +135,6 @@ _COMPACT_FLOOR = 1024
 
 # While both queues wait, at least this fraction of the images run are bulk ones.
 BULK_SHARE = 0.25
-# Weight of the latest backlogged batch in the seconds-per-image estimate: a few batches'
-# memory, so that it follows the machine getting busier without jumping at one slow batch.
-_RATE_WEIGHT = 0.2
 
 
 class Batcher:
@@ -188,9 +167,6 @@ class Batcher:
         self._tiebreak = itertools.count()
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = float("inf")
-        # Seconds per image of batches that left others waiting: how fast a backlog drains.
-        # None until one such batch ran; a lone request's cost says nothing of that.
-        self._seconds_per_image: float | None = None
         self._thread: InferenceThread | None = None  # from start() to stop()
         self._worker: asyncio.Task[None] | None = None
 
@@ -243,7 +219,6 @@ class Batcher:
             if deadline <= job.queued_at:
                 self._metrics.expired.inc()
                 raise DeadlineExceededError(0.0)
-            self._refuse_if_too_late(n, bulk, deadline - job.queued_at)
             heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), job))
             if deadline < self._expiry_at:
                 self._arm(deadline)
@@ -254,22 +229,6 @@ class Batcher:
         # No shield: a client that disconnects cancels the job's future, which the batcher
         # then leaves alone like any answered one, so the shared batch runs on all the same.
         return await job.future
-
-    def _refuse_if_too_late(self, n: int, bulk: bool, deadline_s: float) -> None:
-        if self._seconds_per_image is None:
-            return
-        interactive, waiting_bulk = self._queued[False], self._queued[True]
-        # Interactive jobs go first, but bulk keeps its share of every batch while both wait;
-        # a bulk job waits behind everything queued. Jobs yet to come are not guessed at.
-        ahead = (
-            interactive + waiting_bulk
-            if bulk
-            else min(int(interactive / (1 - BULK_SHARE)), interactive + waiting_bulk)
-        )
-        wait_s = (ahead + n) * self._seconds_per_image
-        if wait_s > deadline_s:
-            self._metrics.shed.inc()
-            raise WaitTooLongError(ahead, wait_s, deadline_s)
 
     def _arm(self, deadline: float) -> None:
         if self._expiry is not None:
@@ -331,7 +290,6 @@ class Batcher:
         while True:
             self._forget_answered()
             jobs = await self._collect()
-            backlogged = self._head(False) is not None or self._head(True) is not None
             now = time.perf_counter()
             for job in jobs:
                 self._metrics.queue_wait.observe(now - job.queued_at)
@@ -339,11 +297,8 @@ class Batcher:
             try:
                 started, started_ns = time.perf_counter(), time.time_ns()
                 probabilities = await thread.run(batch)
-                elapsed = time.perf_counter() - started
-                self._metrics.inference.observe(elapsed)
+                self._metrics.inference.observe(time.perf_counter() - started)
                 finished_ns = time.time_ns()
-                if backlogged:
-                    self._learn_rate(elapsed / len(batch))
             except Exception as exc:
                 for job in jobs:
                     if not job.future.done():
@@ -361,14 +316,6 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_result(Inference(probabilities[start:end], job.queued_ns, run))
                 start = end
-
-    def _learn_rate(self, seconds_per_image: float) -> None:
-        known = self._seconds_per_image
-        self._seconds_per_image = (
-            seconds_per_image
-            if known is None
-            else known + _RATE_WEIGHT * (seconds_per_image - known)
-        )
 
     def _head(self, bulk: bool) -> _Job | None:
         """The first job of a queue still waiting, dropping those whose deadline passed."""

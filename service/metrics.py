@@ -40,7 +40,6 @@ class VersionMetrics:
     inference: Histogram
     queued_images: Gauge
     rejected: Counter  # queue full
-    shed: Counter  # queue too long for the request's deadline
     expired: Counter  # deadline passed while queued
 
 
@@ -99,8 +98,7 @@ class Metrics:
         # By reason, not version: most refusals happen before a version is chosen.
         self.rejected = Counter(
             "mnist_rejected_requests",
-            "Inference requests refused, by reason: queue_full (503), wait_too_long (503: the "
-            "images queued ahead would outlast its deadline), inflight_limit (503, "
+            "Inference requests refused, by reason: queue_full (503), inflight_limit (503, "
             "before the body is read), decode_budget (503: big images decoding at once), "
             "deadline (504, MNIST_REQUEST_TIMEOUT_MS passed while queued), too_large (413: "
             "body or image count over the limits).",
@@ -163,7 +161,6 @@ class Metrics:
             inference=self.inference.labels(label),
             queued_images=self.queued_images.labels(label),
             rejected=self.rejected.labels("queue_full"),
-            shed=self.rejected.labels("wait_too_long"),
             expired=self.rejected.labels("deadline"),
         )
 
