@@ -10,9 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.models.policy import POLICY_HELP, PolicyError, VersionPolicy
 from service.models.session import ExecutionMode, GraphOptimization, SessionTuning
 
-# Image decodes at once per CPU a worker has, by default (Settings.image_decode_concurrency).
-_DECODES_PER_CPU = 4
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MNIST_", env_file=".env", extra="ignore")
@@ -174,8 +171,7 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(
         0,
         ge=0,
-        description="Image files decoded at once per worker; 0: 4 for each CPU a worker has "
-        "(CPUs available / workers). The decode budget, not this, bounds their memory.",
+        description="Image files decoded at once per worker; 0: CPUs available / workers.",
     )
     decode_memory_bytes: int = Field(
         256_000_000,
@@ -248,10 +244,7 @@ class Settings(BaseSettings):
     def image_decode_concurrency(self) -> int:
         if self.decode_concurrency:
             return self.decode_concurrency
-        # A small image's decode is many short calls, each taking the GIL, so one decode a
-        # core leaves cores idle: PNG uploads at c=32 ran 1.43x faster with 4 than with 1,
-        # 1.06x with 8 than with 4 (bench.ab --payload png --b MNIST_DECODE_CONCURRENCY=4).
-        return _DECODES_PER_CPU * max(1, available_cpus() // self.worker_processes())
+        return max(1, available_cpus() // self.worker_processes())
 
     def session_tuning(self) -> SessionTuning:
         return SessionTuning(
