@@ -171,7 +171,8 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(
         0,
         ge=0,
-        description="Image files decoded at once per worker; 0: CPUs available / workers.",
+        description="Large image files (over 1 MB decoded) decoded at once per worker; 0: "
+        "CPUs available / workers. Smaller ones take no slot.",
     )
     decode_memory_bytes: int = Field(
         256_000_000,

@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from service.decode_budget import DecodeBudget
+from service.decode_budget import SMALL_IMAGE_BYTES, SMALL_PER_SLOT, DecodeBudget
 from service.errors import InputError
+
+LARGE = SMALL_IMAGE_BYTES + 1  # the smallest image that takes a decode slot
 
 
 async def test_a_request_that_fits_holds_its_bytes_only_while_it_decodes() -> None:
@@ -38,36 +40,46 @@ async def test_one_image_larger_than_the_whole_budget_is_413_since_no_retry_help
     assert "MNIST_DECODE_MEMORY_BYTES" in refused.value.message
 
 
-async def test_no_more_decodes_run_at_once_than_the_concurrency() -> None:
-    budget = DecodeBudget(concurrency=2, memory_bytes=10_000)
+async def most_at_once(budget: DecodeBudget, size: int, decodes: int) -> int:
     running, most = 0, 0
 
     async def decode() -> None:
         nonlocal running, most
-        async with budget.admit(100):
+        async with budget.admit(size):
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.01)
             running -= 1
 
-    await asyncio.gather(*(decode() for _ in range(6)))
-    assert most == 2
+    await asyncio.gather(*(decode() for _ in range(decodes)))
+    return most
+
+
+async def test_no_more_large_decodes_run_at_once_than_the_concurrency() -> None:
+    budget = DecodeBudget(concurrency=2, memory_bytes=10 * LARGE)
+    assert await most_at_once(budget, LARGE, 6) == 2
+
+
+async def test_small_images_take_no_decode_slot() -> None:
+    # A digit's scan holds little, and one decode a core leaves the cores idle.
+    budget = DecodeBudget(concurrency=1, memory_bytes=10 * LARGE)
+    assert await most_at_once(budget, SMALL_IMAGE_BYTES, 6) == 6
 
 
 async def test_a_request_waiting_for_a_slot_already_counts_against_the_budget() -> None:
-    budget = DecodeBudget(concurrency=1, memory_bytes=1_000)
+    budget = DecodeBudget(concurrency=1, memory_bytes=5 * LARGE // 2)
     release = asyncio.Event()
 
     async def hold(size: int) -> None:
         async with budget.admit(size):
             await release.wait()
 
-    first = asyncio.create_task(hold(400))
-    waiting = asyncio.create_task(hold(400))
+    first = asyncio.create_task(hold(LARGE))
+    waiting = asyncio.create_task(hold(LARGE))
     await asyncio.sleep(0.01)
-    assert budget.admitted_bytes == 800
+    assert budget.admitted_bytes == 2 * LARGE
     with pytest.raises(InputError) as refused:
-        async with budget.admit(400):
+        async with budget.admit(LARGE):
             pass
     assert refused.value.status == 503
     release.set()
@@ -95,7 +107,7 @@ async def test_work_runs_on_the_budgets_own_threads_and_close_waits_for_it() -> 
         *(budget.run(lambda: threading.current_thread().name) for _ in range(8))
     )
     assert {name.rsplit("_", 1)[0] for name in names} == {"decode"}
-    assert len(set(names)) <= 2, "no more threads than decodes may run at once"
+    assert len(set(names)) <= 2 * SMALL_PER_SLOT, "a bounded pool"
     finished = threading.Event()
 
     def slow() -> None:
