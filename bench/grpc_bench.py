@@ -31,6 +31,9 @@ from service.settings import available_cpus
 Clients = Callable[[], Any]
 
 
+_MAX_MESSAGE = 2**31 - 1  # tritonclient's own default
+
+
 def _infer_loop(
     make_client: Callable[[], Any], module: Any, images: npt.NDArray[np.uint8], seconds: float
 ) -> Callable[[], float]:
@@ -80,6 +83,23 @@ def measure_service(
     return sum(counts) / (time.perf_counter() - started)
 
 
+def client_with_own_connection(target: str) -> Any:
+    """A gRPC client on a TCP connection of its own, as separate client processes have.
+
+    Within a process, gRPC shares one connection among channels to the same target: every
+    benchmark client would then reach the same worker, since the kernel spreads
+    connections, not calls, over the workers' sockets.
+    """
+    return grpc_client.InferenceServerClient(
+        target,
+        channel_args=[
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )
+
+
 def summary(values: list[float]) -> str:
     return (
         f"min {min(values):,.0f}  median {statistics.median(values):,.0f}  max {max(values):,.0f}"
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/mnist.onnx"))
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per figure per round")
     parser.add_argument("--workers", type=int, default=0, help="MNIST_WORKERS; 0: one per CPU")
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "grpc",
                 grpc_client,
-                lambda: grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}"),
+                lambda: client_with_own_connection(f"127.0.0.1:{grpc_port}"),
             )
         ]
         if not args.no_rest:
