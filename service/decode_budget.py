@@ -10,8 +10,8 @@ Small images (``SMALL_IMAGE_BYTES`` decoded: a cropped digit, a canvas drawing) 
 slot: their decode is many short calls that each take the GIL, so one a core leaves the
 cores idle, and each holds a few megabytes at most. Up to ``SMALL_PER_SLOT`` a slot run.
 
-Decoding runs on the budget's own threads, as many as decodes may run at once: a hand-over
-there costs about a third of one through Starlette's shared thread pool (anyio's capacity
+Decoding runs on the budget's own threads, ``SMALL_PER_SLOT`` a slot: a hand-over there
+costs about a third of one through Starlette's shared thread pool (anyio's capacity
 limiter and worker bookkeeping), and image uploads take two hand-overs a request.
 """
 
