@@ -71,19 +71,32 @@ def error_response(
     )
 
 
+ClientError = tuple[str, int, Mapping[str, str] | None]  # message, status, headers
+
+
+def client_error(exc: Exception, validation_status: int = 422) -> ClientError | None:
+    """What a failure the client can fix says (``validation_status`` for FastAPI's own
+    validation, which a protocol may answer otherwise); None for any other, a 500 to come.
+
+    The service's format and the Open Inference Protocol's both answer through it.
+    """
+    if isinstance(exc, InputError):
+        return exc.message, exc.status, exc.headers
+    if isinstance(exc, RequestValidationError):
+        return validation_problems(exc), validation_status, None
+    if isinstance(exc, StarletteHTTPException):
+        return str(exc.detail), exc.status_code, exc.headers
+    return None
+
+
 def client_error_response(request: Request, exc: Exception) -> JSONResponse | None:
     """The answer to an error the client can fix; None for any other (a 500 to come).
 
     The app's exception handlers and the inference dispatcher both answer through it, so
     that a request gets the same error whichever of them served it.
     """
-    if isinstance(exc, InputError):
-        return error_response(request, exc.message, exc.status, exc.headers)
-    if isinstance(exc, RequestValidationError):
-        return error_response(request, validation_problems(exc), 422)
-    if isinstance(exc, StarletteHTTPException):
-        return error_response(request, str(exc.detail), exc.status_code, exc.headers)
-    return None
+    error = client_error(exc)
+    return None if error is None else error_response(request, *error)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,14 +12,12 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from model_contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME
 from service.dependencies import AppScopedRoute, DrainDep, RepositoryDep, SettingsDep
-from service.errors import InputError, request_id, validation_problems
+from service.errors import client_error, request_id
 from service.inference_protocol import codec as protocol
 from service.inference_protocol.schemas import (
     InferenceRequest,
@@ -53,12 +51,9 @@ def protocol_error_response(request: Request, exc: Exception) -> Response:
 
     ProtocolRoute answers through it, and so does the inference dispatcher.
     """
-    if isinstance(exc, InputError):
-        return protocol_error(request, exc.message, exc.status, exc.headers)
-    if isinstance(exc, RequestValidationError):
-        return protocol_error(request, validation_problems(exc), 400)
-    if isinstance(exc, HTTPException):
-        return protocol_error(request, str(exc.detail), exc.status_code, exc.headers)
+    error = client_error(exc, validation_status=400)
+    if error is not None:
+        return protocol_error(request, *error)
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return protocol_error(request, "internal server error: see the server log", 500)
 
