@@ -3,6 +3,7 @@
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,18 @@ MAX_IMAGES = 128
 KEY = "grpc-test-key"
 
 
+@contextmanager
+def serving_grpc(model: Path, **env: str) -> Iterator[tuple[str, str]]:
+    """One worker with gRPC on a free port: its REST base URL and gRPC host:port."""
+    grpc_port = free_port()
+    with running_server(model, MNIST_WORKERS="1", MNIST_GRPC_PORT=str(grpc_port), **env) as url:
+        yield url, f"127.0.0.1:{grpc_port}"
+
+
 @pytest.fixture(scope="module")
 def ports(trained_model_path: Path) -> Iterator[tuple[str, str]]:
-    """One worker's REST base URL and gRPC host:port."""
-    grpc_port = free_port()
-    with running_server(
-        trained_model_path,
-        MNIST_WORKERS="1",
-        MNIST_GRPC_PORT=str(grpc_port),
-        MNIST_MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
-    ) as url:
-        yield url, f"127.0.0.1:{grpc_port}"
+    with serving_grpc(trained_model_path, MNIST_MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES)) as ports:
+        yield ports
 
 
 @pytest.fixture(scope="module")
@@ -203,15 +205,9 @@ def test_unknown_models_and_versions_are_not_found(
 
 
 def test_with_keys_set_a_call_takes_one(trained_model_path: Path, digits: np.ndarray) -> None:
-    grpc_port = free_port()
     with (
-        running_server(
-            trained_model_path,
-            MNIST_WORKERS="1",
-            MNIST_GRPC_PORT=str(grpc_port),
-            MNIST_API_KEYS=KEY,
-        ),
-        triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client,
+        serving_grpc(trained_model_path, MNIST_API_KEYS=KEY) as (_, target),
+        triton_grpc.InferenceServerClient(target) as client,
     ):
         # Open, like REST's /v2/health/.
         assert client.is_server_live()
@@ -273,15 +269,9 @@ def one_digit_request(digits: np.ndarray) -> Any:
 def test_rest_and_grpc_share_one_inflight_limit(
     trained_model_path: Path, digits: np.ndarray
 ) -> None:
-    grpc_port = free_port()
     with (
-        running_server(
-            trained_model_path,
-            MNIST_WORKERS="1",
-            MNIST_GRPC_PORT=str(grpc_port),
-            MNIST_MAX_INFLIGHT_REQUESTS="1",
-        ) as url,
-        grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+        serving_grpc(trained_model_path, MNIST_MAX_INFLIGHT_REQUESTS="1") as (url, target),
+        grpc.insecure_channel(target) as channel,
     ):
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = one_digit_request(digits)
