@@ -13,10 +13,8 @@ from contextlib import contextmanager
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deadlines import REQUEST_DEADLINE
-from service.errors import send_refusal
+from service.errors import RETRY_AFTER_S, send_refusal
 from service.metrics import Metrics
-
-RETRY_AFTER_S = 1
 
 
 def is_inference(scope: Scope) -> bool:

@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from service.deadlines import REQUEST_DEADLINE, DeadlineExceededError
-from service.errors import InputError
+from service.errors import RETRY_AFTER_S, InputError
 from service.metrics import VersionMetrics
 
 
@@ -71,7 +71,7 @@ class QueueFullError(InputError):
             f"server busy: {queued} images already queued for {kind} (limit {limit}); "
             "retry shortly",
             status=503,
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
 

@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar, TypeVarTuple
 
-from service.errors import InputError
+from service.errors import RETRY_AFTER_S, InputError
 
-RETRY_AFTER_S = 1
 # Decoded size up to which an image takes no decode slot: 500x500 RGBA, 1000x1000 grey.
 SMALL_IMAGE_BYTES = 1_000_000
 # Threads for each slot, so that small images decode several at once per core: PNG digits

@@ -10,6 +10,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
+# Seconds a client told "server busy" (503) waits before it tries again, wherever it is told.
+RETRY_AFTER_S = 1
+
 
 class InputError(Exception):
     """Something wrong with what the client sent; ``status`` is the 4xx to answer with."""

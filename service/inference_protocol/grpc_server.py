@@ -31,11 +31,11 @@ from tritonclient.grpc import (  # type: ignore[import-untyped]
 )
 
 from model_contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from service.admission import RETRY_AFTER_S, InflightLimit
+from service.admission import InflightLimit
 from service.auth import KeyRing, presented_key
 from service.deadlines import REQUEST_DEADLINE
 from service.drain import Drain
-from service.errors import InputError
+from service.errors import RETRY_AFTER_S, InputError
 from service.inference_protocol import codec as protocol
 from service.inference_protocol.grpc_observability import ObservingInterceptor, this_call
 from service.metrics import Metrics

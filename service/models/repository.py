@@ -24,7 +24,7 @@ from pathlib import Path
 
 from model_contract import MODEL_NAME, published_versions
 from service.batcher import Batcher
-from service.errors import InputError
+from service.errors import RETRY_AFTER_S, InputError
 from service.metrics import Metrics
 from service.models.policy import VersionPolicy
 from service.models.served import ServedVersion
@@ -68,7 +68,7 @@ class VersionNotReadyError(InputError):
                 f"model {MODEL_NAME!r} has no ready version yet: see POST /v2/repository/index "
                 "for each version's state, and retry shortly",
                 status=503,
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         else:
             super().__init__(
