@@ -61,7 +61,7 @@ async def test_no_more_large_decodes_run_at_once_than_the_concurrency() -> None:
 
 
 async def test_small_images_take_no_decode_slot() -> None:
-    # A digit's scan holds little, and one decode a core leaves the cores idle.
+    # A cropped digit holds little, and one decode a core leaves the cores idle.
     budget = DecodeBudget(concurrency=1, memory_bytes=10 * LARGE)
     assert await most_at_once(budget, SMALL_IMAGE_BYTES, 6) == 6
 
