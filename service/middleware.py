@@ -1,9 +1,10 @@
 """ASGI middleware: the request body limit, and what every request gets (id, metrics, log)."""
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,4 +137,24 @@ def request_id_from(presented: str | None) -> str:
     """The client's request id when it is sane (REST's header, gRPC's metadata), else a new one."""
     if presented is not None and _SANE_ID.fullmatch(presented):
         return presented
-    return uuid.uuid4().hex
+    return f"{_new_ids.prefix}{next(_new_ids.count):016x}"
+
+
+class _NewIds:
+    """New request ids: a random prefix per process, then a count, 32 hex digits like a
+    uuid4's and as unique across workers and restarts. uuid4 asks the kernel for random
+    bytes each request, and that call gives up the GIL on the event loop: with decode and
+    inference threads busy, the loop then waits for it (PNG uploads, c=32: 1.07x req/s)."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.count = itertools.count()
+
+
+_new_ids = _NewIds()
+# A forked child would repeat its parent's ids (workers are spawned, but a test or a tool
+# may fork).
+os.register_at_fork(after_in_child=_new_ids.renew)
