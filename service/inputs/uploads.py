@@ -6,7 +6,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.decode_budget import DecodeBudget
+from service.decode_budget import INLINE_FILE_BYTES, INLINE_IMAGE_BYTES, DecodeBudget
 from service.errors import InputError, about
 from service.inputs import image_files
 from service.inputs.model_input import ModelInput, check_count
@@ -38,13 +38,19 @@ async def images_from_files(
     files: list[NamedFile], settings: Settings, budget: DecodeBudget
 ) -> ModelInput:
     """Image files -> (N, 28, 28, 1), on the budget's threads: a big photo takes milliseconds
-    to decode, which on the event loop would stall every other request meanwhile.
+    to decode, which on the event loop would stall every other request meanwhile. One small
+    file is the exception: it decodes on the loop (``decode_budget.INLINE_IMAGE_BYTES``).
 
     The headers are read first, so that the budget admits or refuses the request before a
     pixel is decoded. The files decode one after another: the largest is what the request
     holds at once.
     """
-    opened = await budget.run(_open_files, files, settings)
+    if len(files) == 1 and len(files[0][1]) <= INLINE_FILE_BYTES:
+        opened = _open_files(files, settings)
+        if image_files.decoded_bytes(opened[0][1]) <= INLINE_IMAGE_BYTES:
+            return _decoded_files(opened)  # closes the image
+    else:
+        opened = await budget.run(_open_files, files, settings)
     try:
         needed = max(image_files.decoded_bytes(image) for _, image in opened)
         async with budget.admit(needed):
