@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 batch_queue_images=settings.batch_queue_images,
                 batch_queue_bulk_images=settings.batch_queue_bulk_images,
                 interactive_max_images=settings.interactive_max_images,
+                batch_inline_images=settings.batch_inline_images,
             ),
             app_metrics,
             WorkerState(settings.worker_state_dir),

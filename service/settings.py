@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         description="How long a batch waits for more requests; 0: it takes what queued up "
         "while the previous batch ran, so a lone request never waits.",
     )
+    batch_inline_images: int = Field(
+        8,
+        ge=0,
+        description="Batches of at most this many images run on the event loop, not on the "
+        "inference thread, when the model runs on the CPU: faster than the hand-over for "
+        "small batches (bench.ab); never on a GPU, whose calls wait for the device. 0: never.",
+    )
     batch_queue_images: int = Field(
         8192,
         ge=1,

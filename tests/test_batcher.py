@@ -14,16 +14,19 @@ from service.metrics import Metrics
 
 
 class RecordingModel:
-    """Answers each image with its own mean in every column; remembers batch sizes."""
+    """Answers each image with its own mean in every column; remembers batch sizes, and
+    the thread each batch ran on."""
 
     def __init__(self, release: threading.Event | None = None):
         self.batch_sizes: list[int] = []
+        self.threads: list[int] = []
         self.release = release
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         if self.release is not None:
             assert self.release.wait(5), "test never released the model"
         self.batch_sizes.append(len(images))
+        self.threads.append(threading.get_ident())
         return np.repeat(images.reshape(len(images), -1).mean(axis=1, keepdims=True), 10, axis=1)
 
 
@@ -39,6 +42,7 @@ def make_batcher(
         "max_delay_s": 0.0,
         "max_queued_images": 100,
         "max_queued_bulk_images": 100,
+        "inline_max_images": 0,
     }
     options.update(overrides)
     return Batcher(
@@ -49,6 +53,7 @@ def make_batcher(
         max_queued_images=int(options["max_queued_images"]),
         interactive_max_images=8,
         max_queued_bulk_images=int(options["max_queued_bulk_images"]),
+        inline_max_images=int(options["inline_max_images"]),
     )
 
 
@@ -400,3 +405,42 @@ async def test_stopping_waits_for_the_batch_running_and_ends_the_inference_threa
     assert model.batch_sizes == [1]
     assert not [t for t in threading.enumerate() if t.name == "inference" and t.is_alive()]
     running.cancel()  # a version stops once its requests are done: none is left waiting
+
+
+async def test_small_batches_run_on_the_event_loop_and_larger_ones_on_the_inference_thread() -> (
+    None
+):
+    model = RecordingModel()
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics, inline_max_images=2)
+    batcher.start()
+    try:
+        small = await batcher.predict(images(0.25, 0.5))
+        large = await batcher.predict(images(0.1, 0.2, 0.3))
+    finally:
+        await batcher.stop()
+    assert model.batch_sizes == [2, 3]
+    loop_thread = threading.get_ident()
+    assert model.threads[0] == loop_thread
+    assert model.threads[1] != loop_thread
+    np.testing.assert_allclose(small[:, 0], [0.25, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(large[:, 0], [0.1, 0.2, 0.3], rtol=1e-6)
+    # Run inline or not, a batch is measured the same way.
+    assert metrics.registry.get_sample_value("mnist_batch_size_count", {"version": "1"}) == 2
+
+
+async def test_a_model_failure_on_the_loop_reaches_every_request_of_the_batch() -> None:
+    class Failing(RecordingModel):
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            raise RuntimeError("onnxruntime fell over")
+
+    batcher = make_batcher(Failing(), inline_max_images=8, max_delay_s=0.02)
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            batcher.predict(images(0.1)), batcher.predict(images(0.2)), return_exceptions=True
+        )
+        assert batcher.running  # the batcher goes on after a failed batch
+    finally:
+        await batcher.stop()
+    assert [str(result) for result in results] == ["onnxruntime fell over"] * 2

@@ -26,6 +26,7 @@ def client(trained_model_path: Path) -> Iterator[TestClient]:
 def test_cuda_is_used_when_asked_or_available(trained_model_path: Path, device: str) -> None:
     session = ModelSession(trained_model_path, device)  # type: ignore[arg-type]
     assert session.providers[0] == CUDA
+    assert not session.on_cpu  # so no batch runs on the event loop
 
 
 def test_cuda_agrees_with_the_cpu(trained_model_path: Path, mnist_test_digits: RawSplit) -> None:

@@ -52,6 +52,7 @@ class LoadSettings:
     batch_queue_images: int
     batch_queue_bulk_images: int | None = None  # None: as many as batch_queue_images
     interactive_max_images: int = 8
+    batch_inline_images: int = 0  # on the CPU only
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ class ModelRepository:
             max_queued_images=settings.batch_queue_images,
             interactive_max_images=settings.interactive_max_images,
             max_queued_bulk_images=settings.batch_queue_bulk_images,
+            inline_max_images=settings.batch_inline_images if session.on_cpu else 0,
         )
         batcher.start()
         self._metrics.loads.labels(str(version), "loaded").inc()

@@ -108,6 +108,10 @@ class ModelSession:
         self.model_id = metadata.card.id
         self._self_test = metadata.self_test
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.providers[0] == CPU
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 28, 28, 1) in [0, 1] -> float32 (N, 10) probabilities."""
         outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: images})
