@@ -188,7 +188,7 @@ async def test_predict_answers_json_and_image_files_byte_for_byte_as_fastapi_did
 
 
 BLANK = json.dumps({"image": [0] * 784}).encode()
-FORM, FORM_TYPE = multipart([b"x"] * 6)  # more files than the parser takes (5)
+FORM, FORM_TYPE = multipart([b"x"] * 6)  # more files than a request may carry (4)
 OCTETS = "application/octet-stream"
 BAD_PREDICTS: list[tuple[str, dict[str, Any], int]] = [
     ("invalid JSON", {"body": b"{not json"}, 400),
@@ -198,8 +198,7 @@ BAD_PREDICTS: list[tuple[str, dict[str, Any], int]] = [
     ("a version not ready", {"body": BLANK, "query": b"version=9"}, 404),
     ("a version that is no number", {"body": b"{}", "query": b"version=x"}, 422),
     ("a tensor without its shape", {"body": b"\0" * 784, "content_type": OCTETS}, 400),
-    # Starlette's form parser refuses it with an HTTPException: the app's other handler.
-    ("too many form files", {"body": FORM, "content_type": FORM_TYPE}, 400),
+    ("too many form files", {"body": FORM, "content_type": FORM_TYPE}, 413),
     ("a body over the limit, streamed", {"chunks": [b" " * 9_000_000] * 2}, 413),
 ]
 

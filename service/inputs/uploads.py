@@ -1,9 +1,12 @@
-"""Image files as /predict receives them: multipart parts or one raw body, decoded on the
-decode budget's threads, under its limits."""
+"""Image files as /predict receives them, multipart parts or one raw body, decoded under
+the decode budget's limits: one small file on the event loop, the rest on its threads."""
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from starlette.datastructures import UploadFile
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from service.decode_budget import INLINE_FILE_BYTES, INLINE_IMAGE_BYTES, DecodeBudget
@@ -12,26 +15,115 @@ from service.inputs import image_files
 from service.inputs.model_input import ModelInput, check_count
 from service.settings import Settings
 
+if TYPE_CHECKING:  # python-multipart declares its callbacks' types for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
 NamedFile = tuple[str, bytes]  # what an error calls the file, and its bytes
 
 
+# Parts other than ``file`` a form may carry before it is refused, as Starlette's parser
+# allows: each costs parsing on the event loop.
+MAX_OTHER_PARTS = 1000
+
+
 async def files_from_form(request: Request, settings: Settings) -> list[NamedFile]:
-    """The parts named ``file`` of a multipart body, each an upload."""
-    limit = settings.max_images_per_request
-    # One file over the limit is enough to tell; the parser refuses more before reading them.
-    async with request.form(max_files=limit + 1, max_part_size=settings.max_body_bytes) as form:
-        parts = form.getlist("file")
-        if not parts:
-            raise InputError(
-                "multipart body has no field 'file': send each image as a file part named 'file'"
-            )
-        check_count(len(parts), limit)
-        files = []
-        for index, part in enumerate(parts, start=1):
-            if not isinstance(part, UploadFile):
-                raise InputError(f"field 'file' #{index} is text, not a file upload")
-            files.append((f"file {part.filename or f'#{index}'}", await part.read()))
-    return files
+    """The parts named ``file`` of a multipart body, each an upload.
+
+    Parsed with python-multipart as the body streams in, keeping only the files' bytes:
+    Starlette's ``request.form()`` spools each file to a temporary file and awaits each
+    write, which cost a 28x28 PNG upload 55 us of the event loop against 15 here.
+    """
+    _, options = parse_options_header(request.headers.get("content-type"))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InputError(
+            "the multipart/form-data Content-Type has no boundary parameter: let the HTTP "
+            "client build the form (curl -F file=@digit.png, FormData in a browser)",
+            status=400,
+        )
+    form = _Form(settings.max_images_per_request)
+    parser = MultipartParser(boundary, form.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise InputError(
+            f"the multipart body is malformed ({exc}): send a multipart/form-data body whose "
+            "parts are separated by the boundary its Content-Type names",
+            status=400,
+        ) from None
+    if not form.files:
+        raise InputError(
+            "multipart body has no field 'file': send each image as a file part named 'file'"
+        )
+    return form.files
+
+
+class _Form:
+    """python-multipart's callbacks: the ``file`` parts, their names and bytes, and the
+    limits on how many parts may come."""
+
+    def __init__(self, max_files: int) -> None:
+        self.files: list[NamedFile] = []
+        self._max_files = max_files
+        self._other_parts = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._header = self._value = b""
+        self._chunks: list[bytes] | None = None  # the data of a file part, else None
+        self._name = ""
+
+    def callbacks(self) -> "MultipartCallbacks":
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._headers, self._chunks = {}, None
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header.strip().lower()] = self._value.strip()
+        self._header = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if options.get(b"name") != b"file":
+            self._other_parts += 1
+            if self._other_parts > MAX_OTHER_PARTS:
+                raise InputError(
+                    f"the form has over {MAX_OTHER_PARTS} parts besides 'file': send only the "
+                    "image files, each as a part named 'file'",
+                    status=400,
+                )
+            return
+        index = len(self.files) + 1
+        check_count(index, self._max_files)  # 413 at once, before the part is read
+        filename = options.get(b"filename")
+        if filename is None:
+            raise InputError(f"field 'file' #{index} is text, not a file upload")
+        self._name = f"file {filename.decode('utf-8', 'replace') or f'#{index}'}"
+        self._chunks = []
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._chunks is not None:
+            self._chunks.append(data[start:end])
+
+    def _end(self) -> None:
+        if self._chunks is not None:
+            self.files.append((self._name, b"".join(self._chunks)))
+            self._chunks = None
 
 
 async def images_from_files(
