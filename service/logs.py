@@ -48,6 +48,17 @@ class AccessTextFormatter(logging.Formatter):
         )
 
 
+def skip_unused_record_fields() -> None:
+    """Stop logging from finding the caller's file and line, thread and process for each
+    record: no format here prints them, and finding them cost the access line a few
+    microseconds of the event loop a request (JSON c=32 1.02-1.04x req/s, c=1 1.05-1.07x).
+    The logging HOWTO's "Optimization" section names these switches."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def log_config(log_format: Literal["text", "json"], level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn (which applies it in each worker)."""
     level = level.upper()

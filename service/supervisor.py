@@ -32,6 +32,7 @@ from types import FrameType
 import uvicorn
 
 from service.accepting import AcceptingServer
+from service.logs import skip_unused_record_fields
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -93,6 +94,7 @@ def _refuse_if_in_use(family: socket.AddressFamily, host: str, port: int) -> Non
 def _serve(config: uvicorn.Config, sock: socket.socket, started: Event) -> None:
     """A worker: uvicorn on the socket it was given; ``started`` once the app is ready."""
     config.configure_logging()
+    skip_unused_record_fields()
     server = AcceptingServer(config)
 
     def report_start() -> None:
