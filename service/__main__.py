@@ -14,7 +14,7 @@ from prometheus_client import multiprocess
 from service.accepting import AcceptingServer
 from service.auth import KeyFileError, KeyRing
 from service.http_protocol import uvicorn_limits
-from service.logs import log_config
+from service.logs import log_config, skip_unused_record_fields
 from service.models.session import ModelLoadError, ModelSession
 from service.settings import Settings
 from service.supervisor import Supervisor, listening_sockets
@@ -76,6 +76,7 @@ def main() -> None:
             # On a socket of ours, like each worker of several: AcceptingServer accepts
             # every waiting connection at each wake-up, where uvloop's server takes one.
             server = AcceptingServer(config, announce=True)
+            skip_unused_record_fields()  # as each worker of several does
             server.run(sockets=sockets)
             if not server.started:
                 raise SystemExit(uvicorn.config.STARTUP_FAILURE)
