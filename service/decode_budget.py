@@ -10,10 +10,6 @@ Small images (``SMALL_IMAGE_BYTES`` decoded: a cropped digit, a canvas drawing) 
 slot: their decode is many short calls that each take the GIL, so one a core leaves the
 cores idle, and each holds a few megabytes at most. Up to ``SMALL_PER_SLOT`` a slot run.
 
-One small upload (``INLINE_FILE_BYTES`` encoded, ``INLINE_IMAGE_BYTES`` decoded) decodes on
-the event loop itself: 0.14 ms for a 28x28 PNG, 0.45 ms at worst (a noisy 128x128 photo),
-where the two hand-overs to a thread cost more than that in GIL waits under load.
-
 Decoding runs on the budget's own threads, ``SMALL_PER_SLOT`` a slot: a hand-over there
 costs about a third of one through Starlette's shared thread pool (anyio's capacity
 limiter and worker bookkeeping), and image uploads take two hand-overs a request.
@@ -29,10 +25,6 @@ from service.errors import RETRY_AFTER_S, InputError
 
 # Decoded size up to which an image takes no decode slot: 500x500 RGBA, 1000x1000 grey.
 SMALL_IMAGE_BYTES = 1_000_000
-# One file up to this many bytes, and up to this many decoded, decodes on the event loop:
-# PNG digits at c=32 1.15x req/s and 0.58x p99, c=1 1.32x (bench.ab --payload png).
-INLINE_FILE_BYTES = 65_536
-INLINE_IMAGE_BYTES = 16_384  # 64x64 RGBA, 128x128 grey
 # Threads for each slot, so that small images decode several at once per core: PNG digits
 # at c=32 ran 1.43x faster with 4 decodes at once per worker than with 1, 1.06x with 8
 # than with 4 (bench.ab --payload png --b MNIST_DECODE_CONCURRENCY=4, before this split).

@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
-from service.decode_budget import INLINE_FILE_BYTES, INLINE_IMAGE_BYTES, DecodeBudget
+from service.decode_budget import DecodeBudget
 from service.errors import InputError
 from service.inputs import image_files
-from service.inputs.uploads import MAX_OTHER_PARTS, NamedFile, files_from_form, images_from_files
+from service.inputs.uploads import (
+    INLINE_FILE_BYTES,
+    INLINE_IMAGE_BYTES,
+    MAX_OTHER_PARTS,
+    NamedFile,
+    files_from_form,
+    images_from_files,
+)
 from service.settings import Settings
 from tests.digits import drawn_one
 
