@@ -74,7 +74,7 @@ class _Form:
         self.files: list[NamedFile] = []
         self._max_files = max_files
         self._other_parts = 0
-        self._headers: dict[bytes, bytes] = {}
+        self._disposition = b""  # the part's Content-Disposition: all that is read of it
         self._header = self._value = b""
         self._chunks: list[bytes] | None = None  # the data of a file part, else None
         self._name = ""
@@ -91,7 +91,7 @@ class _Form:
         }
 
     def _begin(self) -> None:
-        self._headers, self._chunks = {}, None
+        self._disposition, self._chunks = b"", None
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header += data[start:end]
@@ -100,11 +100,12 @@ class _Form:
         self._value += data[start:end]
 
     def _header_end(self) -> None:
-        self._headers[self._header.strip().lower()] = self._value.strip()
+        if self._header.strip().lower() == b"content-disposition":
+            self._disposition = self._value.strip()
         self._header = self._value = b""
 
     def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        _, options = parse_options_header(self._disposition)
         if options.get(b"name") != b"file":
             self._other_parts += 1
             if self._other_parts > MAX_OTHER_PARTS:
