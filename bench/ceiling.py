@@ -1,11 +1,12 @@
 """The service between its floor and its ceiling, on the same cores, in the same run.
 
-A benchmark, not a test. Three servers, each with ``--workers`` uvicorn workers, all on
-127.0.0.1 and started together: the bare ASGI ceiling (a constant answer), plain FastAPI +
+A benchmark, not a test. Four servers, each with ``--workers`` uvicorn workers, all on
+127.0.0.1 and started together: the bare ASGI ceiling (a constant answer), the inference
+floor (a bare ASGI app doing only the work: parse, onnxruntime, encode), plain FastAPI +
 onnxruntime, and the real service. Then ``--rounds`` rounds; each round runs wrk against
 each server in turn (single-image JSON, c=1 and c=32), so that whatever else the machine
-does is spread over the three alike. Prints every run, then min/median/max per row and the
-ratios the performance issue sets targets for.
+does is spread over them alike. Prints every run, then min/median/max per row and the
+ratios the performance issue sets targets for, and where the floor itself stands.
 
     .venv/bin/python -m bench.ceiling --model models/mnist.onnx
     .venv/bin/python -m bench.ceiling --model models/mnist.onnx --repo /tmp/old-checkout
@@ -30,7 +31,7 @@ from bench.payloads import Payload, json_payload, load_test_digits, offline_data
 from bench.report import spread
 from bench.server import REPO_ROOT, RunningServer, ServerConfig, free_port, stop_process
 
-BARE, PLAIN, SERVICE = "bare ASGI", "plain FastAPI", "service"
+BARE, FLOOR, PLAIN, SERVICE = "bare ASGI", "inference floor", "plain FastAPI", "service"
 CONCURRENCY = (1, 32)
 
 
@@ -113,6 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                     body,
                 )
             ),
+            FLOOR: stack.enter_context(
+                uvicorn_app(
+                    "bench.baselines.inference_floor:app",
+                    args.workers,
+                    args.model,
+                    out / "floor.log",
+                    body,
+                )
+            ),
             PLAIN: stack.enter_context(
                 uvicorn_app(
                     "bench.baselines.plain_fastapi:app",
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures = run_wrk(command, args.duration)
                     runs.setdefault((name, concurrency), []).append(figures)
                     print(
-                        f"round {round_} c={concurrency:<3} {name:14} "
+                        f"round {round_} c={concurrency:<3} {name:15} "
                         f"{figures.requests_per_s:9,.0f} req/s  p50 {figures.p50_ms:6.3f} ms  "
                         f"p99 {figures.p99_ms:7.2f} ms  errors {figures.errors}",
                         flush=True,
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for (name, concurrency), series in runs.items():
         rates = [f.requests_per_s for f in series]
         print(
-            f"c={concurrency:<3} {name:14} req/s {spread(rates):>26}   "
+            f"c={concurrency:<3} {name:15} req/s {spread(rates):>26}   "
             f"p50 ms {spread([f.p50_ms for f in series], '.3f'):>22}   "
             f"p99 ms {spread([f.p99_ms for f in series], '.2f'):>22}"
         )
@@ -163,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     def median(name: str, concurrency: int, field: str) -> float:
         return float(statistics.median(float(getattr(f, field)) for f in runs[(name, concurrency)]))
 
-    def ratio_spread(concurrency: int, field: str, over: str) -> str:
-        pairs = zip(runs[(SERVICE, concurrency)], runs[(over, concurrency)], strict=True)
+    def ratio_spread(concurrency: int, field: str, over: str, of: str = SERVICE) -> str:
+        pairs = zip(runs[(of, concurrency)], runs[(over, concurrency)], strict=True)
         return spread([getattr(a, field) / getattr(b, field) for a, b in pairs], ".2f")
 
     print("\nratios, round by round (min / median / max), and the issue's targets")
@@ -180,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"c=32 service p99 median:            {median(SERVICE, 32, 'p99_ms'):.2f} ms   target <= 10"
     )
+    print("\nthe floor: what the work alone leaves of the ceiling, and the service of the floor")
+    print(f"c=32 floor / bare ASGI req/s:       {ratio_spread(32, 'requests_per_s', BARE, FLOOR)}")
+    print(f"c=1 floor / bare ASGI p50:          {ratio_spread(1, 'p50_ms', BARE, FLOOR)}")
+    print(f"c=32 service / floor req/s:         {ratio_spread(32, 'requests_per_s', FLOOR)}")
+    print(f"c=1 service / floor p50:            {ratio_spread(1, 'p50_ms', FLOOR)}")
     errors = sum(run.errors for series in runs.values() for run in series)
     print(f"errors (non-200 or socket) over every run: {errors}; logs in {out}")
     return 0
