@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.access_log import AccessLog
 from service.admission import AdmissionMiddleware, InflightLimit
 from service.auth import AuthMiddleware, KeyRing
 from service.decode_budget import DecodeBudget
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     keys = KeyRing.from_settings(settings)
     drain = Drain(settings.drain_delay_s)
     inflight = InflightLimit(settings.max_inflight_requests, app_metrics)
+    access_log = AccessLog(settings.log_format) if settings.access_log else None
     # Off unless the OTEL_* variables ask for traces; ``tracing`` (tests) brings exporters.
     tracing = tracing or Tracing()
 
@@ -85,7 +87,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             on_refused=app_metrics.rejected.labels("decode_budget").inc,
         )
         grpc_server = await _start_grpc(
-            app, settings, repository, keys, drain, app_metrics, tracing, inflight
+            app, settings, repository, keys, drain, app_metrics, tracing, inflight, access_log
         )
         _log_access_control(settings, keys)
         drain.install()
@@ -102,6 +104,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             await repository.stop()
             app.state.decode_budget.close()
             await tracing.shutdown()
+            if access_log is not None:
+                access_log.flush()  # the last requests' lines, should the loop stop first
 
     app = FastAPI(
         title="MNIST digit service",
@@ -157,9 +161,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
             expose_headers=["x-request-id"],
         )
-    app.add_middleware(
-        AccessMiddleware, metrics=app_metrics, drain=drain, access_log=settings.access_log
-    )
+    app.add_middleware(AccessMiddleware, metrics=app_metrics, drain=drain, access_log=access_log)
     # Added last, so outermost: the span also covers what the middleware above answers.
     app.add_middleware(TracingMiddleware, tracing=tracing)
     return app
@@ -174,6 +176,7 @@ async def _start_grpc(
     metrics: Metrics,
     tracing: Tracing,
     inflight: InflightLimit,
+    access_log: AccessLog | None,
 ) -> Any:
     """The gRPC server, when MNIST_GRPC_PORT asks for one; None otherwise."""
     if not settings.grpc_port:
@@ -185,7 +188,7 @@ async def _start_grpc(
     servicer = InferenceServicer(
         repository, settings, keys, drain, metrics, inflight, app.version, tracing
     )
-    observing = ObservingInterceptor(metrics, tracing, settings.access_log)
+    observing = ObservingInterceptor(metrics, tracing, access_log)
     return await start_grpc_server(servicer, settings, observing)
 
 

@@ -1,14 +1,15 @@
 """Log lines as text or JSON, for uvicorn's loggers and the service's own, in every worker.
 
 The access line is the service's (one per request, with its id, route, status, latency,
-images, model version, client and key id); uvicorn's own access log stays off. Bodies and
-keys are never logged.
+images, model version, client and key id), written by ``service.access_log`` in these same
+formats; uvicorn's own access log stays off. Bodies and keys are never logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,36 +17,48 @@ ACCESS_LOGGER = "service.access"
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
+def json_line(
+    created: float, level: str, logger: str, message: str, fields: Iterable[tuple[str, Any]]
+) -> str:
+    """One JSON log line: time, level, logger, message, then ``fields``."""
+    document: dict[str, Any] = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    document.update(fields)
+    return json.dumps(document, default=str)
+
+
+def access_text(fields: Mapping[str, Any]) -> str:
+    """The access line in text: client, method and route, status, latency, then what is known."""
+    extras = " ".join(
+        f"{name}={fields[name]}"
+        for name in ("images", "model_version", "key_id", "request_id")
+        if fields.get(name) is not None
+    )
+    return (
+        f'INFO:     {fields.get("client")} - "{fields.get("method")} {fields.get("route")}" '
+        f"{fields.get('status')} {fields.get('latency_ms')} ms {extras}"
+    )
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        document: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        document.update(
-            (key, value) for key, value in record.__dict__.items() if key not in _STANDARD
-        )
+        fields = [(key, value) for key, value in record.__dict__.items() if key not in _STANDARD]
         if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document, default=str)
+            fields.append(("exception", self.formatException(record.exc_info)))
+        return json_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), fields
+        )
 
 
 class AccessTextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = record.__dict__
-        extras = " ".join(
-            f"{name}={fields[name]}"
-            for name in ("images", "model_version", "key_id", "request_id")
-            if fields.get(name) is not None
-        )
-        return (
-            f'INFO:     {fields.get("client")} - "{fields.get("method")} {fields.get("route")}" '
-            f"{fields.get('status')} {fields.get('latency_ms')} ms {extras}"
-        )
+        return access_text(record.__dict__)
 
 
 def skip_unused_record_fields() -> None:

@@ -9,6 +9,7 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.access_log import AccessLog
 from service.drain import Drain
 from service.errors import InputError, send_refusal
 from service.logs import ACCESS_LOGGER
@@ -62,7 +63,7 @@ class AccessMiddleware:
     handlers find it, and report the images and model version back, in ``scope["state"]``.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain, access_log: bool):
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain, access_log: AccessLog | None):
         self.app = app
         self.metrics = metrics
         self.drain = drain
@@ -103,11 +104,10 @@ class AccessMiddleware:
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed)
-            if self.access_log:
+            if self.access_log is not None:
                 client = scope.get("client")
-                access_logger.info(
-                    "request",
-                    extra={
+                self.access_log.request(
+                    {
                         "request_id": request_id,
                         "method": scope["method"],
                         "route": path,
@@ -117,7 +117,7 @@ class AccessMiddleware:
                         "model_version": state.get("model_version"),
                         "client": f"{client[0]}:{client[1]}" if client else None,
                         "key_id": state.get("key_id"),
-                    },
+                    }
                 )
 
 

@@ -8,7 +8,6 @@ router serves the very same routes: status, headers in order and body, byte for 
 import asyncio
 import io
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -273,24 +272,25 @@ async def test_a_failure_of_ours_is_answered_as_fastapi_answered_it(
 
 
 async def test_the_access_log_and_metrics_see_dispatched_requests_by_their_route(
-    trained_model_path: Path, mnist_test_digits: Any, caplog: pytest.LogCaptureFixture
+    trained_model_path: Path, mnist_test_digits: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app = create_app(settings_for(trained_model_path))
+    app = create_app(settings_for(trained_model_path, log_format="json"))
     async with serving(app) as call:
-        caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+        capsys.readouterr()
         await call("/predict", one_digit(mnist_test_digits))
         await call("/predict", b"{not json")
         body, headers = v2_body(mnist_test_digits.images[:2, :, :, np.newaxis], True)
         await call("/v2/models/mnist/versions/1/infer", body, headers=headers)
         metrics = (await call("/metrics", method="GET", content_type=None)).body.decode()
-    lines = [r for r in caplog.records if r.name == ACCESS_LOGGER and r.getMessage() == "request"]
-    seen = [(r.route, r.status, r.images, r.model_version) for r in lines][:3]  # type: ignore[attr-defined]
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = [d for d in documents if d["logger"] == ACCESS_LOGGER and d["message"] == "request"]
+    seen = [(d["route"], d["status"], d["images"], d["model_version"]) for d in lines][:3]
     assert seen == [
         ("/predict", 200, 1, "1"),
         ("/predict", 400, None, None),
         ("/v2/models/{model_name}/versions/{model_version}/infer", 200, 2, "1"),
     ]
-    assert all(r.request_id == REQUEST_ID for r in lines)  # type: ignore[attr-defined]
+    assert all(d["request_id"] == REQUEST_ID for d in lines)
     for route, status in [
         ("/predict", "200"),
         ("/predict", "400"),

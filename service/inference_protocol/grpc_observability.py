@@ -10,7 +10,6 @@ know (images, model version, key id) in the call's ``CallRecord``, as REST's rou
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -22,12 +21,10 @@ import grpc  # type: ignore[import-untyped]
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service.logs import ACCESS_LOGGER
+from service.access_log import AccessLog
 from service.metrics import Metrics
 from service.middleware import request_id_from
 from service.tracing import Tracing
-
-access_logger = logging.getLogger(ACCESS_LOGGER)
 
 # The method label of gRPC calls in REST's request metrics and access line: every call is
 # an HTTP/2 POST, so "POST" would say nothing, and this one marks a status as a gRPC code.
@@ -63,7 +60,7 @@ def this_call() -> CallRecord:
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, metrics: Metrics, tracing: Tracing, access_log: bool):
+    def __init__(self, metrics: Metrics, tracing: Tracing, access_log: AccessLog | None):
         self._metrics = metrics
         self._tracing = tracing
         self._access_log = access_log
@@ -120,8 +117,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 elapsed = time.perf_counter() - started
                 self._metrics.requests.labels(method, GRPC_METHOD, code.name).inc()
                 self._metrics.latency.labels(method).observe(elapsed)
-                if self._access_log:
-                    self._log(method, code, elapsed, record, context, metadata)
+                if self._access_log is not None:
+                    self._log(self._access_log, method, code, elapsed, record, context, metadata)
 
         return call
 
@@ -139,6 +136,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _log(
         self,
+        access_log: AccessLog,
         method: str,
         code: grpc.StatusCode,
         elapsed: float,
@@ -146,9 +144,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
         metadata: dict[str, str],
     ) -> None:
-        access_logger.info(
-            "request",
-            extra={
+        access_log.request(
+            {
                 "request_id": request_id_from(metadata.get("x-request-id")),
                 "method": GRPC_METHOD,
                 "route": method,
@@ -158,7 +155,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 "model_version": record.model_version,
                 "client": _peer(context.peer()),
                 "key_id": record.key_id,
-            },
+            }
         )
 
 
