@@ -102,8 +102,7 @@ class AccessMiddleware:
             route = scope.get("route")
             # Templates, not raw paths, so that label cardinality stays bounded.
             path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(path).observe(elapsed)
+            self.metrics.request_done(path, scope["method"], str(status), elapsed)
             if self.access_log is not None:
                 client = scope.get("client")
                 self.access_log.request(

@@ -115,8 +115,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 _CALL.reset(token)
                 elapsed = time.perf_counter() - started
-                self._metrics.requests.labels(method, GRPC_METHOD, code.name).inc()
-                self._metrics.latency.labels(method).observe(elapsed)
+                self._metrics.request_done(method, GRPC_METHOD, code.name, elapsed)
                 if self._access_log is not None:
                     self._log(self._access_log, method, code, elapsed, record, context, metadata)
 
