@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def load_model(path: Path | None) -> Predictor:
 def make_batcher(model: Predictor) -> Batcher:
     # Whatever settings this checkout's batcher has beyond the original ones keep their
     # defaults, so that one script times a checkout before and after a change alike.
-    options = {"interactive_max_images": 8, "max_queued_bulk_images": 8192}
+    options: dict[str, Any] = {"interactive_max_images": 8, "max_queued_bulk_images": 8192}
     known = inspect.signature(Batcher).parameters
     return Batcher(
         model,

@@ -25,6 +25,7 @@ from service.models.session import ModelLoadError
 from service.models.worker_state import WorkerState
 from service.native_memory import tune_allocator
 from service.openapi import install_openapi
+from service.requests_in_progress import STATE_KEY, RequestsInProgress
 from service.routes import docs, health, metrics, predict, summary, ui
 from service.settings import Settings
 from service.timeouts import BodyTimeoutMiddleware
@@ -44,12 +45,13 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     tracing = tracing or Tracing()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # First: the threads that decode and infer start after it, in arenas it bounds.
         tuned = tune_allocator()
         if tuned:
             logger.debug("allocator: %s", ", ".join(tuned))
         tracing.start()
+        in_progress = RequestsInProgress()
         repository = ModelRepository(
             scanner(settings.model_repository, settings.model_path),
             settings.policy(),
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             WorkerState(settings.worker_state_dir),
             # One file is one version for good: only a repository is worth watching.
             poll_s=settings.repository_poll_s if settings.model_repository else 0.0,
+            request_alone=in_progress.alone,
         )
         await repository.start()
         if settings.model_repository is None and not repository.ready:
@@ -95,7 +98,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         # reach keeps full collections, and the latency spikes they cause, short.
         gc.freeze()
         try:
-            yield
+            # uvicorn hands the lifespan state to every connection's protocol, which shows
+            # in_progress the server's requests.
+            yield {STATE_KEY: in_progress}
         finally:
             drain.uninstall()
             if grpc_server is not None:

@@ -6,7 +6,8 @@ timer before a connection's first response, though, so a client that sends nothi
 headers a byte at a time, holds a file descriptor forever; and with httptools nothing caps
 the size of the headers. This subclass adds both: a deadline for each request's headers,
 and a byte count that answers 431. It also closes a connection whose response went out
-before its body came in, which would otherwise trickle on forever.
+before its body came in, which would otherwise trickle on forever, and shows the app's
+``RequestsInProgress`` uvicorn's set of request tasks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
+from service.requests_in_progress import STATE_KEY
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        in_progress = self.app_state.get(STATE_KEY)
+        if in_progress is not None:
+            in_progress.watch(self.tasks)
         over_cap = len(self.connections) > self.limits.max_connections
         self._arm_header_timer(OVER_CAP_HEADER_TIMEOUT_S if over_cap else None)
 

@@ -195,7 +195,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Batches of at most this many images run on the event loop, not on the "
         "inference thread, when the model runs on the CPU: faster than the hand-over for "
-        "small batches (bench.ab); never on a GPU, whose calls wait for the device. 0: never.",
+        "small batches (bench.ab); never on a GPU, whose calls wait for the device. A request "
+        "this small that is the worker's only one in progress runs at once, in its own task, "
+        "when no batch is running. 0: never.",
     )
     batch_queue_images: int = Field(
         8192,

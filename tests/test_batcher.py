@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ class RecordingModel:
     def __init__(self, release: threading.Event | None = None):
         self.batch_sizes: list[int] = []
         self.threads: list[int] = []
+        self.tasks: list[asyncio.Task[object] | None] = []  # None: off the event loop
         self.release = release
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -27,6 +29,10 @@ class RecordingModel:
             assert self.release.wait(5), "test never released the model"
         self.batch_sizes.append(len(images))
         self.threads.append(threading.get_ident())
+        try:
+            self.tasks.append(asyncio.current_task())
+        except RuntimeError:
+            self.tasks.append(None)
         return np.repeat(images.reshape(len(images), -1).mean(axis=1, keepdims=True), 10, axis=1)
 
 
@@ -35,7 +41,10 @@ def images(*values: float) -> np.ndarray:
 
 
 def make_batcher(
-    model: RecordingModel, metrics: Metrics | None = None, **overrides: float
+    model: RecordingModel,
+    metrics: Metrics | None = None,
+    alone: Callable[[], bool] = lambda: False,
+    **overrides: float,
 ) -> Batcher:
     options: dict[str, float] = {
         "max_batch_size": 64,
@@ -54,6 +63,7 @@ def make_batcher(
         interactive_max_images=8,
         max_queued_bulk_images=int(options["max_queued_bulk_images"]),
         inline_max_images=int(options["inline_max_images"]),
+        alone=alone,
     )
 
 
@@ -444,3 +454,110 @@ async def test_a_model_failure_on_the_loop_reaches_every_request_of_the_batch() 
     finally:
         await batcher.stop()
     assert [str(result) for result in results] == ["onnxruntime fell over"] * 2
+
+
+def sample(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"version": "1"})
+
+
+async def test_a_lone_small_request_runs_at_once_in_its_own_task_on_an_idle_batcher() -> None:
+    model = RecordingModel()
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics, alone=lambda: True, inline_max_images=8)
+    batcher.start()
+    await asyncio.sleep(0)  # the batcher is waiting for work
+    try:
+        answer = await batcher.predict(images(0.25, 0.5))
+    finally:
+        await batcher.stop()
+    assert model.tasks == [asyncio.current_task()]
+    np.testing.assert_allclose(answer[:, 0], [0.25, 0.5], rtol=1e-6)
+    # Measured as the batch of one job that it is, which waited for nothing.
+    assert sample(metrics, "mnist_queue_wait_seconds_count") == 1
+    assert sample(metrics, "mnist_queue_wait_seconds_sum") == 0
+    assert sample(metrics, "mnist_batch_size_sum") == 2
+    assert sample(metrics, "mnist_inference_seconds_count") == 1
+    assert sample(metrics, "mnist_images_predicted_total") == 2
+
+
+@pytest.mark.parametrize(
+    ("alone", "count", "delay_s", "runs_on"),
+    [
+        pytest.param(False, 1, 0.0, "batcher", id="others-in-progress"),
+        pytest.param(True, 9, 0.0, "thread", id="more-than-inline"),
+        pytest.param(True, 1, 0.001, "batcher", id="a-delay-to-wait-for-company"),
+    ],
+)
+async def test_other_requests_go_through_the_batcher(
+    alone: bool, count: int, delay_s: float, runs_on: str
+) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, alone=lambda: alone, inline_max_images=8, max_delay_s=delay_s)
+    batcher.start()
+    await asyncio.sleep(0)
+    try:
+        await batcher.predict(images(*[0.5] * count))
+    finally:
+        await batcher.stop()
+    [task] = model.tasks
+    if runs_on == "thread":
+        assert task is None
+    else:
+        assert task is not None
+        assert task is not asyncio.current_task()
+
+
+async def test_a_lone_request_waits_for_the_batch_running() -> None:
+    release = threading.Event()
+    model = RecordingModel(release)
+    batcher = make_batcher(model, alone=lambda: True, inline_max_images=1)
+    batcher.start()
+    try:
+        running = asyncio.create_task(batcher.predict(images(0.1, 0.2)))  # on the thread
+        await asyncio.sleep(0.01)  # taken, and held on the thread until released
+        lone = asyncio.create_task(batcher.predict(images(0.3)))
+        await asyncio.sleep(0.01)
+        assert not lone.done()  # queued behind the running batch, not run past it
+        release.set()
+        await asyncio.gather(running, lone)
+    finally:
+        release.set()
+        await batcher.stop()
+    assert model.batch_sizes == [2, 1]
+    assert model.tasks[1] is not None
+    assert model.tasks[1] is not lone
+
+
+async def test_a_lone_request_past_its_deadline_is_refused_and_not_run() -> None:
+    model = RecordingModel()
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics, alone=lambda: True, inline_max_images=8)
+    batcher.start()
+    await asyncio.sleep(0)
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await batcher.infer(images(0.5), deadline=time.perf_counter() - 1)
+        assert batcher.running
+    finally:
+        await batcher.stop()
+    assert model.batch_sizes == []
+    assert (
+        metrics.registry.get_sample_value("mnist_rejected_requests_total", {"reason": "deadline"})
+        == 1
+    )
+
+
+async def test_a_model_failure_reaches_a_lone_request_and_the_batcher_goes_on() -> None:
+    class Failing(RecordingModel):
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            raise RuntimeError("onnxruntime fell over")
+
+    batcher = make_batcher(Failing(), alone=lambda: True, inline_max_images=8)
+    batcher.start()
+    await asyncio.sleep(0)
+    try:
+        with pytest.raises(RuntimeError, match="fell over"):
+            await batcher.predict(images(0.5))
+        assert batcher.running
+    finally:
+        await batcher.stop()

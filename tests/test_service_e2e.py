@@ -96,3 +96,23 @@ def test_a_bad_model_file_stops_start_up_with_a_clear_message(tmp_path: Path, pr
     reason = "no such file" if problem == "missing" else "not a valid ONNX model"
     [line] = [line for line in output.splitlines() if f"cannot load model {model}" in line]
     assert reason in line
+
+
+def test_a_lone_request_runs_at_once_without_waiting_in_the_queue(
+    trained_model_path: Path, mnist_test_digits: RawSplit
+) -> None:
+    """One request at a time: each is the only one in progress, so it skips the queue (its
+    wait is exactly 0, where a queued job's is the time until the batcher took it)."""
+    with running_server(trained_model_path, MNIST_WORKERS="1") as url, httpx.Client() as client:
+        for index in range(5):
+            image = mnist_test_digits.images[index].tolist()
+            answer = client.post(f"{url}/predict", json={"image": image}, timeout=10).json()
+            assert answer["predictions"][0]["digit"] == mnist_test_digits.labels[index]
+        metrics = client.get(f"{url}/metrics", timeout=10).text
+    waits = {
+        name: float(value)
+        for name, value in (line.split()[:2] for line in metrics.splitlines() if line)
+        if name.startswith("mnist_queue_wait_seconds_")
+    }
+    assert waits['mnist_queue_wait_seconds_count{version="1"}'] == 5
+    assert waits['mnist_queue_wait_seconds_sum{version="1"}'] == 0

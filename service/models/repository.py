@@ -110,8 +110,12 @@ class ModelRepository:
         metrics: Metrics,
         worker_state: WorkerState,
         poll_s: float = 0.0,
+        request_alone: Callable[[], bool] = lambda: False,
     ):
+        """``request_alone``: whether the request asking is the only one in progress (see
+        ``service.requests_in_progress``), for the batchers."""
         self._scan = scan
+        self._request_alone = request_alone
         self._configured_policy = policy
         self._load_settings = load_settings
         self._metrics = metrics
@@ -313,6 +317,7 @@ class ModelRepository:
             interactive_max_images=settings.interactive_max_images,
             max_queued_bulk_images=settings.batch_queue_bulk_images,
             inline_max_images=settings.batch_inline_images if session.on_cpu else 0,
+            alone=self._request_alone,
         )
         batcher.start()
         self._metrics.loads.labels(str(version), "loaded").inc()
