@@ -6,7 +6,8 @@ here (``service.http_protocol``), and the batcher asks whether the request calli
 the only one: then no other could join its batch, and it runs at once in its own task.
 """
 
-from collections.abc import Sized
+import asyncio
+from collections.abc import Collection
 from typing import Final
 
 # The key in the lifespan state, which uvicorn hands every connection's protocol.
@@ -17,11 +18,13 @@ class RequestsInProgress:
     def __init__(self) -> None:
         # Until a connection shows uvicorn's set, or when served some other way (tests,
         # another server): unknown, so never alone.
-        self._tasks: Sized = ()
+        self._tasks: Collection[object] = ()
 
-    def watch(self, tasks: Sized) -> None:
+    def watch(self, tasks: Collection[object]) -> None:
         self._tasks = tasks
 
     def alone(self) -> bool:
-        """Exactly one request in progress: the caller's own."""
-        return len(self._tasks) == 1
+        """Exactly one HTTP request in progress, and the caller's task is it: a gRPC call
+        (not in the set) is never alone, since other calls could join its batch unseen."""
+        tasks = self._tasks
+        return len(tasks) == 1 and asyncio.current_task() in tasks
