@@ -6,8 +6,8 @@ timer before a connection's first response, though, so a client that sends nothi
 headers a byte at a time, holds a file descriptor forever; and with httptools nothing caps
 the size of the headers. This subclass adds both: a deadline for each request's headers,
 and a byte count that answers 431. It also closes a connection whose response went out
-before its body came in, which would otherwise trickle on forever, and shows the app's
-``RequestsInProgress`` uvicorn's set of request tasks.
+before its body came in, which would otherwise trickle on forever, and shows uvicorn's
+set of request tasks to the app's ``RequestsInProgress``.
 """
 
 from __future__ import annotations
