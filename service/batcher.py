@@ -225,19 +225,20 @@ class Batcher:
             )
         if deadline is None:
             deadline = REQUEST_DEADLINE.get()
+        arrived = time.perf_counter()
+        if deadline is not None and deadline <= arrived:
+            self._metrics.expired.inc()
+            raise DeadlineExceededError(0.0)
         if (
             n <= self._at_once_max_images
             and self._idle
             and not (self._queued[False] or self._queued[True])
             and self._alone()
         ):
-            return self._run_at_once(images, deadline)
+            return self._run_at_once(images)
         loop = asyncio.get_running_loop()
-        job = _Job(images, loop.create_future(), bulk)
+        job = _Job(images, loop.create_future(), bulk, arrived)
         if deadline is not None:
-            if deadline <= job.queued_at:
-                self._metrics.expired.inc()
-                raise DeadlineExceededError(0.0)
             heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), job))
             if deadline < self._expiry_at:
                 self._arm(deadline)
@@ -249,13 +250,10 @@ class Batcher:
         # then leaves alone like any answered one, so the shared batch runs on all the same.
         return await job.future
 
-    def _run_at_once(self, images: np.ndarray, deadline: float | None) -> Inference:
+    def _run_at_once(self, images: np.ndarray) -> Inference:
         queued_ns = time.time_ns()
-        started = time.perf_counter()
-        if deadline is not None and deadline <= started:
-            self._metrics.expired.inc()
-            raise DeadlineExceededError(0.0)
         self._metrics.queue_wait.observe(0.0)
+        started = time.perf_counter()
         probabilities = self._model.predict(images)
         seconds, finished_ns = time.perf_counter() - started, time.time_ns()
         self._ran(len(images), seconds)
