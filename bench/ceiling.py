@@ -33,6 +33,12 @@ from bench.server import REPO_ROOT, RunningServer, ServerConfig, free_port, stop
 
 BARE, FLOOR, PLAIN, SERVICE = "bare ASGI", "inference floor", "plain FastAPI", "service"
 CONCURRENCY = (1, 32)
+# Each baseline row: its app's module in bench/baselines, and its log file.
+BASELINES = {
+    BARE: ("bare_asgi", "bare.log"),
+    FLOOR: ("inference_floor", "floor.log"),
+    PLAIN: ("plain_fastapi", "plain.log"),
+}
 
 
 @dataclass(frozen=True)
@@ -105,35 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         targets = {
-            BARE: stack.enter_context(
+            name: stack.enter_context(
                 uvicorn_app(
-                    "bench.baselines.bare_asgi:app",
-                    args.workers,
-                    args.model,
-                    out / "bare.log",
-                    body,
+                    f"bench.baselines.{module}:app", args.workers, args.model, out / log, body
                 )
-            ),
-            FLOOR: stack.enter_context(
-                uvicorn_app(
-                    "bench.baselines.inference_floor:app",
-                    args.workers,
-                    args.model,
-                    out / "floor.log",
-                    body,
-                )
-            ),
-            PLAIN: stack.enter_context(
-                uvicorn_app(
-                    "bench.baselines.plain_fastapi:app",
-                    args.workers,
-                    args.model,
-                    out / "plain.log",
-                    body,
-                )
-            ),
-            SERVICE: Target(service.url, service.pid),
+            )
+            for name, (module, log) in BASELINES.items()
         }
+        targets[SERVICE] = Target(service.url, service.pid)
         print(
             f"{args.rounds} rounds x {len(targets)} servers x c={CONCURRENCY}, "
             f"{args.duration:g} s each; service from {args.repo}",
