@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from service.app import create_app
 from service.settings import Settings
 from service.tracing import Tracing
+from tests.metrics_text import Sample, key, samples
 from tests.server import Server, free_port, server_process
 from tests.test_grpc_e2e import infer_input
 from tests.test_operations_e2e import json_lines
@@ -29,7 +29,6 @@ from tests.test_tracing import CHILDREN, PARENT_ID, TRACE_ID, TRACEPARENT, reque
 MAX_IMAGES = 8
 SERVICE = "/inference.GRPCInferenceService"
 MODEL_INFER = f"{SERVICE}/ModelInfer"
-Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +80,14 @@ def access_lines(server: Server, request_id: str) -> list[dict[str, Any]]:
 
 
 def scrape(server: Server) -> dict[Sample, float]:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return samples(httpx.get(f"{server.url}/metrics", timeout=10).text)
 
 
 def grown(
     before: dict[Sample, float], after: dict[Sample, float], name: str, **labels: str
 ) -> float:
-    key = (name, frozenset(labels.items()))
-    return after.get(key, 0.0) - before.get(key, 0.0)
+    sample = key(name, **labels)
+    return after.get(sample, 0.0) - before.get(sample, 0.0)
 
 
 @pytest.mark.e2e

@@ -25,6 +25,7 @@ from service.app import create_app
 from service.inference_dispatcher import InferenceDispatcher
 from service.logs import ACCESS_LOGGER
 from service.settings import Settings
+from tests.test_operations_e2e import json_lines
 
 REQUEST_ID = "dispatcher-test"
 JSON = "application/json"
@@ -282,7 +283,7 @@ async def test_the_access_log_and_metrics_see_dispatched_requests_by_their_route
         body, headers = v2_body(mnist_test_digits.images[:2, :, :, np.newaxis], True)
         await call("/v2/models/mnist/versions/1/infer", body, headers=headers)
         metrics = (await call("/metrics", method="GET", content_type=None)).body.decode()
-    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    documents = json_lines(capsys.readouterr().out.splitlines())
     lines = [d for d in documents if d["logger"] == ACCESS_LOGGER and d["message"] == "request"]
     seen = [(d["route"], d["status"], d["images"], d["model_version"]) for d in lines][:3]
     assert seen == [

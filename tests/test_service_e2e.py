@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.digits import encode
+from tests.metrics_text import key, samples
 from tests.server import REPO_ROOT, free_port, running_server, start_server
 from training.data import RawSplit
 
@@ -108,11 +109,6 @@ def test_a_lone_request_runs_at_once_without_waiting_in_the_queue(
             image = mnist_test_digits.images[index].tolist()
             answer = client.post(f"{url}/predict", json={"image": image}, timeout=10).json()
             assert answer["predictions"][0]["digit"] == mnist_test_digits.labels[index]
-        metrics = client.get(f"{url}/metrics", timeout=10).text
-    waits = {
-        name: float(value)
-        for name, value in (line.split()[:2] for line in metrics.splitlines() if line)
-        if name.startswith("mnist_queue_wait_seconds_")
-    }
-    assert waits['mnist_queue_wait_seconds_count{version="1"}'] == 5
-    assert waits['mnist_queue_wait_seconds_sum{version="1"}'] == 0
+        seen = samples(client.get(f"{url}/metrics", timeout=10).text)
+    assert seen[key("mnist_queue_wait_seconds_count", version="1")] == 5
+    assert seen[key("mnist_queue_wait_seconds_sum", version="1")] == 0
